@@ -1,0 +1,589 @@
+// The parent's side of a Pool, independent of task types: the shared segment, the
+// workers, the scheduling of tasks onto their rings, and the result thread that
+// completes results, replaces dead workers and shuts the pool down.
+//
+// Scheduling: every worker has its own task ring and result ring (single producer,
+// single consumer each), so the parent always knows which tasks a worker holds, and a
+// worker that dies leaves nobody else's ring half-written. The parent keeps at most
+// `prefetch` tasks queued per worker (one running, the rest ready so the worker never
+// waits for the parent) and the rest in its own pending queue; when a worker runs dry
+// while another still has a task queued behind a running one, the parent takes the
+// queued task back (a CAS on its state word) and gives it to the idle worker.
+//
+// The pending queue and the per-worker bookkeeping are parent-local and guarded by one
+// mutex, taken once per task (never per map item) and never shared with a worker;
+// everything that crosses the process boundary is lock-free.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/wait.h>
+
+#include "../errors.hpp"
+#include "popen_fork.hpp"
+#include "shm.hpp"
+#include "worker.hpp"
+
+namespace multiprocessing::detail {
+
+// One apply call or one map chunk, as the parent tracks it.
+class Task {
+public:
+    virtual ~Task() = default;
+    virtual code_address invoker() const = 0;
+    // Encodes the body (after the TaskHeader) into exactly `size` bytes.
+    virtual void write_body(std::byte* out) = 0;
+    // In the result thread, without the pool's lock held.
+    virtual void complete(const ResultHeader& header, ByteReader body) = 0;
+    virtual void fail(std::exception_ptr error) = 0;
+    // The imap job it belongs to, if any (to drop its unsent tasks on cancel).
+    virtual const void* job() const noexcept { return nullptr; }
+
+    std::size_t size = 0;  // body bytes, computed by the submitter
+    std::uint64_t seq = 0;
+
+private:
+    friend class PoolCore;
+    // While queued in a worker's ring: where, so it can be taken back.
+    TaskHeader* header_ = nullptr;
+    std::uint32_t record_end_ = 0;
+    // The encoded record, when it has to move to another worker's ring.
+    std::vector<std::byte> spilled_;
+};
+
+// Something that feeds tasks lazily (an imap), which the pool must not stop before.
+class TaskSource {
+public:
+    virtual ~TaskSource() = default;
+    // Pulls more input into tasks; `unbounded` lifts the window (join() is waiting).
+    virtual void refill(bool unbounded) = 0;
+    virtual bool exhausted() const = 0;
+    virtual void terminate(std::exception_ptr error) = 0;
+};
+
+struct CoreOptions {
+    std::size_t processes = 1;
+    std::size_t maxtasksperchild = 0;  // 0: unlimited
+    std::function<void()> initializer;
+    std::optional<std::chrono::nanoseconds> task_timeout;
+    std::uint32_t task_ring_bytes = 32u << 20;
+    std::uint32_t result_ring_bytes = 32u << 20;
+};
+
+inline std::string signal_name(int sig) {
+    switch (sig) {
+        case SIGKILL: return "SIGKILL";
+        case SIGSEGV: return "SIGSEGV";
+        case SIGABRT: return "SIGABRT";
+        case SIGTERM: return "SIGTERM";
+        case SIGBUS: return "SIGBUS";
+        case SIGFPE: return "SIGFPE";
+        case SIGILL: return "SIGILL";
+        case SIGINT: return "SIGINT";
+        case SIGPIPE: return "SIGPIPE";
+        case SIGHUP: return "SIGHUP";
+        case SIGQUIT: return "SIGQUIT";
+        case SIGUSR1: return "SIGUSR1";
+        case SIGUSR2: return "SIGUSR2";
+        default: return "signal " + std::to_string(sig);
+    }
+}
+
+inline std::string describe_exit(int status) {
+    if (WIFSIGNALED(status)) return "was killed by " + signal_name(WTERMSIG(status));
+    return "exited with code " + std::to_string(WEXITSTATUS(status));
+}
+
+class PoolCore : public std::enable_shared_from_this<PoolCore> {
+public:
+    static constexpr std::size_t prefetch = 2;  // tasks queued per worker, the running one included
+
+    explicit PoolCore(CoreOptions options) : options_(std::move(options)) {
+        const std::size_t n = options_.processes;
+        const std::size_t control_bytes = sizeof(PoolControl) + n * sizeof(WorkerControl);
+        const std::size_t per_worker = std::size_t(options_.task_ring_bytes) + options_.result_ring_bytes;
+        segment_ = SharedSegment::create(round_up(control_bytes) + n * per_worker, "multiprocessing-pool");
+        // Fork children inherit the mapping; nothing else needs the fd.
+        segment_.close_fd();
+        control_ = new (segment_.data()) PoolControl;
+        std::byte* rings = segment_.data() + round_up(control_bytes);
+        workers_ = std::vector<Worker>(n);  // built in place: a Worker is not copyable
+        for (std::size_t i = 0; i < n; ++i) {
+            auto& w = workers_[i];
+            w.index = i;
+            w.control = new (segment_.data() + sizeof(PoolControl) + i * sizeof(WorkerControl)) WorkerControl;
+            w.task_data = rings + i * per_worker;
+            w.result_data = w.task_data + options_.task_ring_bytes;
+            w.tasks = Ring(&w.control->tasks, w.task_data, options_.task_ring_bytes);
+            w.results = Ring(&w.control->results, w.result_data, options_.result_ring_bytes);
+        }
+    }
+
+    PoolCore(const PoolCore&) = delete;
+    PoolCore& operator=(const PoolCore&) = delete;
+
+    ~PoolCore() {
+        terminate();
+        join_thread();
+    }
+
+    // Forks the workers (from the result thread, which lives as long as the pool, so
+    // that PR_SET_PDEATHSIG ties them to the pool and not to the caller's thread).
+    void start() {
+        std::promise<void> started;
+        auto ready = started.get_future();
+        thread_ = std::thread([this, &started] {
+            {
+                std::lock_guard lock(mutex_);
+                for (auto& w : workers_) spawn(w);
+            }
+            started.set_value();
+            result_loop();
+        });
+        ready.wait();
+    }
+
+    std::size_t processes() const noexcept { return workers_.size(); }
+    std::size_t max_task_size() const noexcept {
+        return workers_.front().tasks.max_payload() - sizeof(TaskHeader);
+    }
+
+    bool accepting() const noexcept { return state_.load(std::memory_order_acquire) == State::running; }
+
+    // Queues a task for the workers. `internal` submissions come from an imap already
+    // accepted before close(); after terminate() nothing is accepted.
+    void submit(std::unique_ptr<Task> task, bool internal = false) {
+        if (task->size > max_task_size())
+            throw ValueError("multiprocessing: a task's arguments encode to " + std::to_string(task->size) +
+                             " bytes, more than the pool's task ring holds (" + std::to_string(max_task_size()) +
+                             "); pass large data in pieces or through shared memory");
+        std::lock_guard lock(mutex_);
+        const State s = state_.load(std::memory_order_relaxed);
+        if (s == State::terminating || (s == State::closed && !internal))
+            throw ValueError(s == State::closed ? "Pool not running: it was closed; no new tasks can be submitted"
+                                                : "Pool not running: it was terminated");
+        task->seq = ++next_seq_;
+        pending_.push_back(std::move(task));
+        pump();
+    }
+
+    void add_source(std::weak_ptr<TaskSource> source) {
+        std::lock_guard lock(mutex_);
+        sources_.push_back(std::move(source));
+    }
+
+    // Drops the unsent tasks of a cancelled imap.
+    void cancel_pending(const void* job) {
+        std::vector<std::unique_ptr<Task>> dropped;  // destroyed outside the lock
+        std::lock_guard lock(mutex_);
+        for (auto it = pending_.begin(); it != pending_.end();) {
+            if ((*it)->job() == job) {
+                dropped.push_back(std::move(*it));
+                it = pending_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
+
+    void close() {
+        State expected = State::running;
+        state_.compare_exchange_strong(expected, State::closed, std::memory_order_acq_rel);
+        poke();
+    }
+
+    void terminate() {
+        state_.store(State::terminating, std::memory_order_release);
+        poke();
+    }
+
+    // Waits until the workers have exited. ValueError while the pool is still running.
+    void join() {
+        if (state_.load(std::memory_order_acquire) == State::running)
+            throw ValueError("Pool.join: call close() or terminate() before join()");
+        joining_.store(true, std::memory_order_release);
+        poke();
+        join_thread();
+    }
+
+    std::vector<pid_t> worker_pids() {
+        std::lock_guard lock(mutex_);
+        std::vector<pid_t> pids;
+        for (auto& w : workers_)
+            if (w.pid > 0) pids.push_back(w.pid);
+        return pids;
+    }
+
+private:
+    enum class State { running, closed, terminating };
+
+    struct Worker {
+        std::size_t index = 0;
+        WorkerControl* control = nullptr;
+        std::byte* task_data = nullptr;
+        std::byte* result_data = nullptr;
+        Ring tasks, results;
+        pid_t pid = 0;
+        bool retiring = false;   // said it will exit (maxtasksperchild)
+        bool timed_out = false;  // killed by us for task_timeout
+        std::deque<std::unique_ptr<Task>> outstanding;  // dispatch order == result order
+    };
+
+    static std::size_t round_up(std::size_t n) { return (n + 4095) & ~std::size_t(4095); }
+
+    void poke() noexcept {
+        // release: the state change above is visible to the result thread once it sees
+        // the doorbell move.
+        control_->doorbell.fetch_add(1, std::memory_order_release);
+        futex_wake(control_->doorbell);
+    }
+
+    void join_thread() {
+        std::lock_guard lock(join_mutex_);
+        if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+    }
+
+    // ---- scheduling (mutex_ held) ---------------------------------------------------------
+
+    void spawn(Worker& w) {
+        w.control->tasks.reset();
+        w.control->results.reset();
+        w.control->task_started_ns.store(0, std::memory_order_relaxed);
+        w.tasks = Ring(&w.control->tasks, w.task_data, options_.task_ring_bytes);
+        w.results = Ring(&w.control->results, w.result_data, options_.result_ring_bytes);
+        w.retiring = w.timed_out = false;
+        ForkOptions fo;
+        fo.name = "ForkPoolWorker-" + std::to_string(++workers_started_);
+        fo.daemon = true;
+        fo.identity = {static_cast<int>(workers_started_)};
+        fo.die_with_parent = true;
+        WorkerEnv env{control_, w.control, w.tasks, w.results, options_.maxtasksperchild, &options_.initializer};
+        w.pid = fork_child(std::move(fo), [env] { return worker_main(env); });
+    }
+
+    bool dispatch(Task& task, Worker& w) {
+        const std::size_t total = sizeof(TaskHeader) + task.size;
+        std::byte* p = w.tasks.try_reserve(total);
+        if (!p) return false;
+        if (!task.spilled_.empty()) {
+            std::memcpy(p, task.spilled_.data(), total);
+            task.spilled_ = {};
+        } else {
+            new (p) TaskHeader{{task_queued}, 0, task.invoker(), task.seq};
+            task.write_body(p + sizeof(TaskHeader));
+        }
+        auto* header = reinterpret_cast<TaskHeader*>(p);
+        // relaxed: published by the ring commit's release store.
+        header->state.store(task_queued, std::memory_order_relaxed);
+        w.tasks.commit(task_record);
+        task.header_ = header;
+        task.record_end_ = w.tasks.head_position();
+        in_flight_.fetch_add(1, std::memory_order_relaxed);
+        return true;
+    }
+
+    Worker* least_loaded() {
+        Worker* best = nullptr;
+        for (auto& w : workers_) {
+            if (w.pid <= 0 || w.retiring || w.outstanding.size() >= prefetch) continue;
+            if (!best || w.outstanding.size() < best->outstanding.size()) best = &w;
+        }
+        return best;
+    }
+
+    void pump() {
+        while (!pending_.empty()) {
+            Worker* w = least_loaded();
+            if (!w || !dispatch(*pending_.front(), *w)) return;  // retried when a result frees room
+            w->outstanding.push_back(std::move(pending_.front()));
+            pending_.pop_front();
+        }
+    }
+
+    // Copies a queued task's record out of a ring, so it can go to another worker.
+    void spill(Task& task) {
+        const std::size_t total = sizeof(TaskHeader) + task.size;
+        task.spilled_.assign(reinterpret_cast<std::byte*>(task.header_),
+                             reinterpret_cast<std::byte*>(task.header_) + total);
+        task.header_ = nullptr;
+    }
+
+    // An idle worker takes the last queued-but-unstarted task of a busy one.
+    void rebalance() {
+        if (!pending_.empty()) return;
+        for (auto& idle : workers_) {
+            if (idle.pid <= 0 || idle.retiring || !idle.outstanding.empty()) continue;
+            for (auto& busy : workers_) {
+                if (&busy == &idle || busy.outstanding.size() < 2) continue;
+                Task& t = *busy.outstanding.back();
+                // Released records may already be overwritten: only touch one the worker
+                // has not passed. (Only this thread writes records, under this lock.)
+                if (busy.tasks.consumed_up_to(t.record_end_)) continue;
+                std::uint32_t expected = task_queued;
+                // acq_rel: pairs with the worker's CAS; exactly one of the two wins.
+                if (!t.header_->state.compare_exchange_strong(expected, task_revoked, std::memory_order_acq_rel))
+                    continue;
+                spill(t);
+                in_flight_.fetch_sub(1, std::memory_order_relaxed);
+                auto moved = std::move(busy.outstanding.back());
+                busy.outstanding.pop_back();
+                if (dispatch(*moved, idle)) {
+                    idle.outstanding.push_back(std::move(moved));
+                } else {
+                    pending_.push_front(std::move(moved));
+                }
+                break;
+            }
+        }
+    }
+
+    // ---- the result thread ----------------------------------------------------------------
+
+    // Completes every result worker `w` has committed. Returns whether there was any.
+    bool drain(Worker& w) {
+        bool any = false;
+        while (auto record = w.results.peek()) {
+            any = true;
+            if (record->kind == retiring_record) {
+                w.results.release();
+                std::lock_guard lock(mutex_);
+                w.retiring = true;
+                continue;
+            }
+            std::unique_ptr<Task> task;
+            {
+                std::lock_guard lock(mutex_);
+                if (!w.outstanding.empty()) {
+                    task = std::move(w.outstanding.front());
+                    w.outstanding.pop_front();
+                }
+            }
+            ResultHeader header;
+            std::memcpy(&header, record->payload.data(), sizeof header);
+            if (task) {
+                in_flight_.fetch_sub(1, std::memory_order_relaxed);
+                if (header.seq != task->seq) {
+                    task->fail(std::make_exception_ptr(
+                        ProcessError("multiprocessing: internal error: a result came back for the wrong task")));
+                } else {
+                    try {
+                        task->complete(header, ByteReader(record->payload.subspan(sizeof header)));
+                    } catch (...) {
+                        task->fail(std::current_exception());
+                    }
+                }
+            }
+            task.reset();  // the task's own resources go before the record does
+            w.results.release();
+        }
+        return any;
+    }
+
+    bool any_results() {
+        for (auto& w : workers_)
+            if (w.pid > 0 && !w.results.empty()) return true;
+        return false;
+    }
+
+    void idle_wait() {
+        const std::uint32_t bell = control_->doorbell.load(std::memory_order_acquire);
+        // Poll only while workers hold tasks: then a result is due soon.
+        if (in_flight_.load(std::memory_order_relaxed) > 0 && spin_until([&] { return any_results(); })) return;
+        control_->parent_waiting.store(1, std::memory_order_relaxed);
+        // seq_cst fence: Dekker with ResultChannel::commit().
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        if (!any_results() && control_->doorbell.load(std::memory_order_relaxed) == bell)
+            futex_wait(control_->doorbell, bell, std::chrono::milliseconds(10));
+        control_->parent_waiting.store(0, std::memory_order_relaxed);
+    }
+
+    // Reaps exited workers, fails the task each was running, requeues the ones it had
+    // not started, replaces it; enforces task_timeout.
+    void check_workers() {
+        const auto now = monotonic_ns();
+        for (auto& w : workers_) {
+            if (w.pid <= 0) continue;
+            if (options_.task_timeout) {
+                const auto started = w.control->task_started_ns.load(std::memory_order_relaxed);
+                if (started && now - started > options_.task_timeout->count() && !w.timed_out) {
+                    w.timed_out = true;
+                    ::kill(w.pid, SIGKILL);
+                }
+            }
+            int status = 0;
+            pid_t r = ::waitpid(w.pid, &status, w.retiring ? 0 : WNOHANG);
+            if (r == w.pid || (r < 0 && errno == ECHILD)) worker_exited(w, status);
+        }
+    }
+
+    void worker_exited(Worker& w, int status) {
+        drain(w);  // what it finished before dying still counts
+        std::vector<std::unique_ptr<Task>> lost;
+        const pid_t pid = w.pid;
+        const bool timed_out = w.timed_out;
+        {
+            std::lock_guard lock(mutex_);
+            for (auto it = w.outstanding.rbegin(); it != w.outstanding.rend(); ++it) {
+                in_flight_.fetch_sub(1, std::memory_order_relaxed);
+                // acquire: pairs with the worker's CAS to started.
+                if ((*it)->header_->state.load(std::memory_order_acquire) == task_started) {
+                    lost.push_back(std::move(*it));
+                } else {
+                    spill(**it);
+                    pending_.push_front(std::move(*it));
+                }
+            }
+            w.outstanding.clear();
+            w.pid = 0;
+            if (state_.load(std::memory_order_acquire) != State::terminating) spawn(w);
+            pump();
+        }
+        for (auto& t : lost) {
+            if (timed_out)
+                t->fail(std::make_exception_ptr(TimeoutError(
+                    "multiprocessing: the task ran past the pool's task_timeout; its worker (pid " +
+                    std::to_string(pid) + ") was killed and replaced")));
+            else
+                t->fail(std::make_exception_ptr(WorkerLostError(
+                    "multiprocessing: the worker process (pid " + std::to_string(pid) + ") running this task " +
+                    describe_exit(status) + "; the pool replaced it")));
+        }
+    }
+
+    bool sources_open() {
+        std::lock_guard lock(mutex_);
+        std::erase_if(sources_, [](auto& s) {
+            auto p = s.lock();
+            return !p || p->exhausted();
+        });
+        return !sources_.empty();
+    }
+
+    void refill_sources() {
+        std::vector<std::shared_ptr<TaskSource>> live;
+        {
+            std::lock_guard lock(mutex_);
+            for (auto& s : sources_)
+                if (auto p = s.lock()) live.push_back(std::move(p));
+        }
+        for (auto& s : live) s->refill(/*unbounded=*/true);
+    }
+
+    bool all_done() {
+        std::lock_guard lock(mutex_);
+        if (!pending_.empty()) return false;
+        for (auto& w : workers_)
+            if (!w.outstanding.empty()) return false;
+        return true;
+    }
+
+    void result_loop() {
+        auto next_check = std::chrono::steady_clock::now();
+        for (;;) {
+            bool any = false;
+            for (auto& w : workers_)
+                if (w.pid > 0) any |= drain(w);
+            if (any) {
+                std::lock_guard lock(mutex_);
+                pump();
+                rebalance();
+            }
+            const State s = state_.load(std::memory_order_acquire);
+            if (s == State::terminating) return shut_down_now();
+            const auto now = std::chrono::steady_clock::now();
+            bool retiring = false;
+            for (auto& w : workers_) retiring |= w.retiring;
+            if (now >= next_check || retiring) {
+                check_workers();
+                next_check = now + std::chrono::milliseconds(10);
+            }
+            if (s == State::closed) {
+                if (joining_.load(std::memory_order_acquire)) refill_sources();
+                if (!sources_open() && all_done()) return stop_workers();
+            }
+            if (!any) idle_wait();
+        }
+    }
+
+    // After close(): every task is done; ask each worker to exit and reap it.
+    void stop_workers() {
+        for (auto& w : workers_) {
+            if (w.pid <= 0) continue;
+            std::byte* p = w.tasks.reserve(0, [] { return false; });
+            (void)p;
+            w.tasks.commit(stop_record);
+        }
+        for (auto& w : workers_) {
+            if (w.pid <= 0) continue;
+            int status;
+            while (::waitpid(w.pid, &status, 0) < 0 && errno == EINTR) {
+            }
+            w.pid = 0;
+        }
+    }
+
+    // terminate(): kill every worker now and fail whatever did not finish.
+    void shut_down_now() {
+        for (auto& w : workers_)
+            if (w.pid > 0) ::kill(w.pid, SIGKILL);
+        for (auto& w : workers_) {
+            if (w.pid <= 0) continue;
+            int status;
+            while (::waitpid(w.pid, &status, 0) < 0 && errno == EINTR) {
+            }
+            w.pid = 0;
+        }
+        std::vector<std::unique_ptr<Task>> unfinished;
+        std::vector<std::shared_ptr<TaskSource>> sources;
+        {
+            std::lock_guard lock(mutex_);
+            for (auto& w : workers_) {
+                for (auto& t : w.outstanding) unfinished.push_back(std::move(t));
+                w.outstanding.clear();
+            }
+            for (auto& t : pending_) unfinished.push_back(std::move(t));
+            pending_.clear();
+            for (auto& s : sources_)
+                if (auto p = s.lock()) sources.push_back(std::move(p));
+            sources_.clear();
+        }
+        in_flight_.store(0, std::memory_order_relaxed);
+        auto error = std::make_exception_ptr(
+            ProcessError("multiprocessing: the pool was terminated before this task completed"));
+        for (auto& t : unfinished) t->fail(error);
+        for (auto& s : sources) s->terminate(error);
+    }
+
+    CoreOptions options_;
+    SharedSegment segment_;
+    PoolControl* control_ = nullptr;
+
+    std::mutex mutex_;  // pending_, workers_[*].outstanding/pid/retiring, sources_, ring producers
+    std::vector<Worker> workers_;
+    std::deque<std::unique_ptr<Task>> pending_;
+    std::vector<std::weak_ptr<TaskSource>> sources_;
+    std::uint64_t next_seq_ = 0;
+    std::size_t workers_started_ = 0;
+
+    std::atomic<State> state_{State::running};
+    std::atomic<bool> joining_{false};
+    std::atomic<std::size_t> in_flight_{0};  // tasks in workers' rings; a polling hint only
+    std::thread thread_;
+    std::mutex join_mutex_;
+};
+
+}  // namespace multiprocessing::detail

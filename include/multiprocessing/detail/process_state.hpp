@@ -1,0 +1,202 @@
+// The per-process global state that Python's multiprocessing also has: who this process
+// is, who its parent is, and which children it started. Nothing else is global.
+#pragma once
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <poll.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../errors.hpp"
+
+namespace multiprocessing {
+
+// What current_process(), parent_process() and active_children() describe.
+class ProcessInfo {
+public:
+    ProcessInfo() = default;
+    ProcessInfo(std::string name, pid_t pid, bool daemon) : name_(std::move(name)), pid_(pid), daemon_(daemon) {}
+    const std::string& name() const noexcept { return name_; }
+    pid_t pid() const noexcept { return pid_; }
+    bool daemon() const noexcept { return daemon_; }
+
+private:
+    std::string name_;
+    pid_t pid_ = 0;
+    bool daemon_ = false;
+};
+
+}  // namespace multiprocessing
+
+namespace multiprocessing::detail {
+
+inline int pidfd_open(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+// One started child: its pid, and its exit status once reaped. Shared by the Process
+// handle that started it and the registry of children, so either may reap it.
+class ChildRecord {
+public:
+    ChildRecord(pid_t pid, std::string name, bool daemon)
+        : pid_(pid), pidfd_(pidfd_open(pid)), info_(std::move(name), pid, daemon) {}
+    ChildRecord(const ChildRecord&) = delete;
+    ChildRecord& operator=(const ChildRecord&) = delete;
+    ~ChildRecord() {
+        if (pidfd_ >= 0) ::close(pidfd_);
+    }
+
+    pid_t pid() const noexcept { return pid_; }
+    int pidfd() const noexcept { return pidfd_; }
+    const ProcessInfo& info() const noexcept { return info_; }
+
+    // The exit code in Python's convention (-N for signal N), reaping if it has exited.
+    std::optional<int> poll_exitcode(bool block = false) {
+        std::lock_guard lock(mutex_);
+        if (exitcode_) return exitcode_;
+        int status = 0;
+        pid_t r;
+        do {
+            r = ::waitpid(pid_, &status, block ? 0 : WNOHANG);
+        } while (r < 0 && errno == EINTR);
+        if (r == pid_) {
+            exitcode_ = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+        } else if (r < 0 && errno == ECHILD) {
+            // Reaped elsewhere (someone called waitpid(-1)): the status is lost.
+            exitcode_ = 255;
+        }
+        return exitcode_;
+    }
+
+    // Waits for the exit, at most `timeout` seconds (none: forever). True if it exited.
+    bool wait(std::optional<double> timeout) {
+        if (poll_exitcode()) return true;
+        if (!timeout) return poll_exitcode(/*block=*/true).has_value();
+        if (pidfd_ >= 0) {
+            pollfd p{pidfd_, POLLIN, 0};
+            int ms = static_cast<int>(std::max(0.0, *timeout) * 1000.0 + 0.999);
+            int r;
+            do {
+                r = ::poll(&p, 1, ms);
+            } while (r < 0 && errno == EINTR);
+        }
+        return poll_exitcode().has_value();
+    }
+
+    void signal(int sig) {
+        std::lock_guard lock(mutex_);
+        // Only signal a pid we have not reaped: after reaping, the number may be reused.
+        if (!exitcode_) ::kill(pid_, sig);
+    }
+
+private:
+    pid_t pid_;
+    int pidfd_;
+    ProcessInfo info_;
+    std::mutex mutex_;
+    std::optional<int> exitcode_;
+};
+
+struct ProcessState {
+    std::mutex mutex;
+    ProcessInfo current{"MainProcess", ::getpid(), false};
+    std::optional<ProcessInfo> parent;
+    std::vector<int> identity;        // Python's _identity: (1,), (1, 2), ...
+    int next_child_number = 1;        // the counter behind "Process-N"
+    std::vector<std::shared_ptr<ChildRecord>> children;
+    bool exit_hook_installed = false;
+};
+
+inline ProcessState& process_state() {
+    // Deliberately leaked: it must outlive every static destructor and atexit handler
+    // that might still look at the children.
+    static ProcessState* state = new ProcessState;
+    return *state;
+}
+
+// Python's _exit_function: terminate daemonic children, then join the others.
+inline void finish_children() {
+    std::vector<std::shared_ptr<ChildRecord>> children;
+    {
+        auto& st = process_state();
+        std::lock_guard lock(st.mutex);
+        children.swap(st.children);
+    }
+    for (auto& c : children)
+        if (c->info().daemon()) c->signal(SIGTERM);
+    for (auto& c : children) c->wait(std::nullopt);
+}
+
+inline void install_exit_hook() {
+    auto& st = process_state();
+    std::lock_guard lock(st.mutex);
+    if (st.exit_hook_installed) return;
+    st.exit_hook_installed = true;
+    std::atexit([] { finish_children(); });
+}
+
+// The next default name suffix ("1", "1:2", ...) for a child of this process.
+inline std::vector<int> next_child_identity() {
+    auto& st = process_state();
+    std::lock_guard lock(st.mutex);
+    std::vector<int> id = st.identity;
+    id.push_back(st.next_child_number++);
+    return id;
+}
+
+inline std::string identity_suffix(const std::vector<int>& id) {
+    std::string s;
+    for (std::size_t i = 0; i < id.size(); ++i) s += (i ? ":" : "") + std::to_string(id[i]);
+    return s;
+}
+
+inline void register_child(std::shared_ptr<ChildRecord> child) {
+    install_exit_hook();
+    auto& st = process_state();
+    std::lock_guard lock(st.mutex);
+    st.children.push_back(std::move(child));
+}
+
+// Right after fork(), in the child: it is now `name`, its parent is the old current
+// process, and it has no children yet.
+inline void become_child(std::string name, bool daemon, std::vector<int> identity) {
+    auto& st = process_state();
+    // The fork may have happened while another thread held the mutex: rebuild it.
+    new (&st.mutex) std::mutex;
+    st.parent = st.current;
+    st.current = ProcessInfo(std::move(name), ::getpid(), daemon);
+    st.identity = std::move(identity);
+    st.next_child_number = 1;
+    st.children.clear();
+}
+
+inline void flush_standard_streams() noexcept {
+    try {
+        std::cout.flush();
+        std::cerr.flush();
+        std::clog.flush();
+    } catch (...) {
+    }
+    std::fflush(nullptr);
+}
+
+// How a child ends: its own children are finished as Python finishes them, streams are
+// flushed, and no atexit handler or static destructor of the parent's runs twice.
+[[noreturn]] inline void exit_child(int code) noexcept {
+    try {
+        finish_children();
+    } catch (...) {
+    }
+    flush_standard_streams();
+    ::_exit(code);
+}
+
+}  // namespace multiprocessing::detail

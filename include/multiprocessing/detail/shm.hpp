@@ -1,0 +1,96 @@
+// Anonymous shared segments: memfd-backed, so there is no name to leak when a process
+// is killed; the memory goes away with the last mapping and the last fd.
+#pragma once
+
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <system_error>
+#include <utility>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace multiprocessing::detail {
+
+[[noreturn]] inline void throw_errno(const std::string& what) {
+    throw std::system_error(errno, std::generic_category(), what);
+}
+
+// Owns one mapping of an anonymous shared segment (and, while kept, its fd). Pages
+// are only committed when first touched, so a large segment costs address space, not
+// memory. Children made by fork() inherit the mapping; spawn-style children get the fd.
+class SharedSegment {
+public:
+    SharedSegment() = default;
+
+    static SharedSegment create(std::size_t size, const char* debug_name) {
+        SharedSegment s;
+        s.fd_ = ::memfd_create(debug_name, MFD_CLOEXEC);
+        if (s.fd_ < 0) throw_errno("memfd_create");
+        if (::ftruncate(s.fd_, static_cast<off_t>(size)) != 0) throw_errno("ftruncate(shared segment)");
+        s.map(size);
+        return s;
+    }
+
+    SharedSegment(SharedSegment&& o) noexcept { swap(o); }
+    SharedSegment& operator=(SharedSegment&& o) noexcept {
+        SharedSegment tmp(std::move(o));
+        swap(tmp);
+        return *this;
+    }
+    SharedSegment(const SharedSegment&) = delete;
+    SharedSegment& operator=(const SharedSegment&) = delete;
+    ~SharedSegment() { reset(); }
+
+    std::byte* data() const noexcept { return base_; }
+    std::size_t size() const noexcept { return size_; }
+    int fd() const noexcept { return fd_; }
+    explicit operator bool() const noexcept { return base_ != nullptr; }
+
+    // Drops the fd but keeps the mapping: once every process that needs the segment
+    // has it mapped (fork children do at birth), nothing else can open it.
+    void close_fd() noexcept {
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = -1;
+    }
+
+    void reset() noexcept {
+        if (base_) ::munmap(base_, size_);
+        base_ = nullptr;
+        size_ = 0;
+        close_fd();
+    }
+
+    // Gives the pages of [offset, offset+len) back to the kernel; they read as zero.
+    void discard(std::size_t offset, std::size_t len) noexcept {
+        if (base_) ::madvise(base_ + offset, len, MADV_REMOVE);
+    }
+
+private:
+    void map(std::size_t size) {
+        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+        if (p == MAP_FAILED) {
+            int e = errno;
+            ::close(fd_);
+            fd_ = -1;
+            errno = e;
+            throw_errno("mmap(shared segment)");
+        }
+        base_ = static_cast<std::byte*>(p);
+        size_ = size;
+    }
+    void swap(SharedSegment& o) noexcept {
+        std::swap(base_, o.base_);
+        std::swap(size_, o.size_);
+        std::swap(fd_, o.fd_);
+    }
+
+    std::byte* base_ = nullptr;
+    std::size_t size_ = 0;
+    int fd_ = -1;
+};
+
+}  // namespace multiprocessing::detail

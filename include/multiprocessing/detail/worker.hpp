@@ -1,0 +1,314 @@
+// The worker side of a Pool: the layout of the pool's shared segment, the loop each
+// worker runs, and the "invokers" that decode a task, run it and encode its result
+// straight into the worker's result ring.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <ctime>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "callable.hpp"
+#include "codec.hpp"
+#include "remote_exception.hpp"
+#include "ring.hpp"
+
+namespace multiprocessing::detail {
+
+// ---- the shared segment ------------------------------------------------------------------
+
+// Record kinds on a worker's task ring.
+inline constexpr std::uint32_t task_record = 1;
+inline constexpr std::uint32_t stop_record = 2;
+// Record kinds on a worker's result ring.
+inline constexpr std::uint32_t result_record = 1;
+inline constexpr std::uint32_t retiring_record = 2;
+
+// A task's life in a ring: queued until a worker starts it or the parent takes it back
+// (to give it to an idle worker). The CAS between the two is the single point that says
+// who owns the task, so a worker that dies owned exactly the tasks marked started.
+inline constexpr std::uint32_t task_queued = 0;
+inline constexpr std::uint32_t task_started = 1;
+inline constexpr std::uint32_t task_revoked = 2;
+
+struct TaskHeader {
+    std::atomic<std::uint32_t> state;
+    std::uint32_t reserved;
+    code_address invoker;
+    std::uint64_t seq;
+};
+static_assert(sizeof(TaskHeader) % record_align == 0);
+
+// How a result's body is laid out.
+enum class ResultFormat : std::uint32_t {
+    value,           // one encoded value (nothing for void)
+    error,           // one ExceptionInfo
+    chunk_values,    // `count` raw values of a trivially copyable type, all successful
+    chunk_outcomes,  // `count` × {u8 ok; value or ExceptionInfo}
+};
+
+struct ResultHeader {
+    std::uint64_t seq;
+    ResultFormat format;
+    std::uint32_t count;
+};
+static_assert(sizeof(ResultHeader) % record_align == 0);
+
+struct PoolControl {
+    // Bumped by a worker after each result it commits; the parent's result thread
+    // sleeps on it when every result ring is empty.
+    alignas(cache_line) std::atomic<std::uint32_t> doorbell{0};
+    std::atomic<std::uint32_t> parent_waiting{0};
+};
+
+struct WorkerControl {
+    RingControl tasks;
+    RingControl results;
+    // CLOCK_MONOTONIC nanoseconds when the running task started (0: none), for
+    // task_timeout; the parent only reads it.
+    alignas(cache_line) std::atomic<std::int64_t> task_started_ns{0};
+};
+
+inline std::int64_t monotonic_ns() noexcept {
+    timespec ts;
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// ---- writing results ---------------------------------------------------------------------
+
+// A worker's end of its result ring.
+class ResultChannel {
+public:
+    ResultChannel(Ring& ring, PoolControl& pool) noexcept : ring_(ring), pool_(pool) {}
+
+    // Room for a result body of `size` bytes after its header.
+    std::byte* reserve(std::uint64_t seq, ResultFormat format, std::uint32_t count, std::size_t size) {
+        if (sizeof(ResultHeader) + size > ring_.max_payload())
+            throw ProcessError("multiprocessing: a task's result is too large for the pool's result ring (" +
+                               std::to_string(size) + " bytes, at most " + std::to_string(ring_.max_payload()) +
+                               "); return it in pieces");
+        // The parent drains results promptly; if it is gone, PR_SET_PDEATHSIG kills us.
+        std::byte* p = ring_.reserve(sizeof(ResultHeader) + size, [] { return false; });
+        ResultHeader h{seq, format, count};
+        std::memcpy(p, &h, sizeof h);
+        return p + sizeof(ResultHeader);
+    }
+
+    void commit(std::uint32_t kind = result_record) {
+        ring_.commit(kind);
+        // release: not needed for the data (the ring's head publishes it); relaxed would
+        // do, but the bump must not be reordered before the commit's head store, which
+        // the seq_cst fence below also guarantees.
+        pool_.doorbell.fetch_add(1, std::memory_order_release);
+        // seq_cst fence: Dekker with the parent's "set parent_waiting, fence, re-check
+        // rings": either it sees our record or we see it waiting and wake it.
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+        if (pool_.parent_waiting.load(std::memory_order_relaxed)) futex_wake(pool_.doorbell);
+    }
+
+    template <class T>
+    void write(std::uint64_t seq, ResultFormat format, const T& value) {
+        const std::size_t size = encoded_size(value);
+        ByteWriter w(reserve(seq, format, 1, size));
+        put(w, value);
+        commit();
+    }
+
+    void write_error(std::uint64_t seq, const ExceptionInfo& info) { write(seq, ResultFormat::error, info); }
+
+private:
+    Ring& ring_;
+    PoolControl& pool_;
+};
+
+// What a worker runs for one task: decodes its arguments from `in` (the task's body, in
+// the shared ring) and writes exactly one result to `out`.
+using Invoker = void(ByteReader& in, std::uint64_t seq, ResultChannel& out);
+
+template <class F, class... A>
+void invoke_apply(ByteReader& in, std::uint64_t seq, ResultChannel& out) {
+    using R = std::invoke_result_t<F&, A&...>;
+    try {
+        F fn = get_callable<F>(in);
+        std::tuple<A...> args{get<A>(in)...};  // braced: decoded left to right
+        if constexpr (std::is_void_v<R>) {
+            std::apply(fn, args);
+            out.reserve(seq, ResultFormat::value, 1, 0);
+            out.commit();
+        } else {
+            const std::decay_t<R> result = std::apply(fn, args);
+            out.write(seq, ResultFormat::value, result);
+        }
+    } catch (...) {
+        out.write_error(seq, describe_current_exception());
+    }
+}
+
+// Calls f on one item of a map (f(item)) or starmap (std::apply(f, item)).
+template <bool Star, class F, class T>
+decltype(auto) call_item(F& fn, T& item) {
+    if constexpr (Star)
+        return std::apply(fn, item);
+    else
+        return std::invoke(fn, item);
+}
+
+template <bool Star, class F, class T>
+using item_result_t = std::decay_t<decltype(call_item<Star>(std::declval<F&>(), std::declval<T&>()))>;
+
+// A chunk of a map: `count` items, each given to f. Results of a trivially copyable type
+// are computed straight into the result ring; any failure, or any other result type,
+// takes the general path of one outcome per item.
+template <bool Star, class F, class T>
+void invoke_chunk(ByteReader& in, std::uint64_t seq, ResultChannel& out) {
+    using R = item_result_t<Star, F, T>;
+    constexpr bool is_void = std::is_void_v<R>;
+    using Value = std::conditional_t<is_void, char, R>;
+    struct Outcome {
+        std::optional<Value> value;
+        ExceptionInfo error;
+    };
+    std::optional<F> fn;
+    std::uint32_t count = 0;
+    try {
+        fn.emplace(get_callable<F>(in));
+        count = get<std::uint32_t>(in);
+    } catch (...) {
+        out.write_error(seq, describe_current_exception());
+        return;
+    }
+    auto run_one = [&](Outcome& o) {
+        try {
+            T item = get<T>(in);
+            if constexpr (is_void) {
+                call_item<Star>(*fn, item);
+                o.value.emplace();
+            } else {
+                o.value.emplace(call_item<Star>(*fn, item));
+            }
+        } catch (...) {
+            o.error = describe_current_exception();
+        }
+    };
+    std::vector<Outcome> outcomes;
+    std::uint32_t i = 0;
+    if constexpr (!is_void && raw_bytes<R>) {
+        auto* dst = out.reserve(seq, ResultFormat::chunk_values, count, std::size_t(count) * sizeof(R));
+        for (; i < count; ++i) {
+            try {
+                T item = get<T>(in);
+                const R r = call_item<Star>(*fn, item);
+                std::memcpy(dst + std::size_t(i) * sizeof(R), &r, sizeof(R));
+            } catch (...) {
+                // Abandon the reservation (nothing is visible until commit) and keep
+                // what was computed as outcomes.
+                outcomes.resize(count);
+                for (std::uint32_t k = 0; k < i; ++k) {
+                    alignas(R) unsigned char r[sizeof(R)];
+                    std::memcpy(r, dst + std::size_t(k) * sizeof(R), sizeof(R));
+                    outcomes[k].value.emplace(*std::launder(reinterpret_cast<R*>(r)));
+                }
+                outcomes[i].error = describe_current_exception();
+                ++i;
+                break;
+            }
+        }
+        if (outcomes.empty()) {
+            out.commit();
+            return;
+        }
+    } else {
+        outcomes.resize(count);
+    }
+    for (; i < count; ++i) run_one(outcomes[i]);
+
+    ByteWriter counter;
+    auto put_outcomes = [&](ByteWriter& w) {
+        for (auto& o : outcomes) {
+            const std::uint8_t ok = o.value.has_value();
+            put(w, ok);
+            if (!ok)
+                put(w, o.error);
+            else if constexpr (!is_void)
+                put(w, *o.value);
+        }
+    };
+    try {
+        put_outcomes(counter);
+        ByteWriter w(out.reserve(seq, ResultFormat::chunk_outcomes, count, counter.written()));
+        put_outcomes(w);
+        out.commit();
+    } catch (...) {
+        out.write_error(seq, describe_current_exception());
+    }
+}
+
+// ---- the worker loop ---------------------------------------------------------------------
+
+struct WorkerEnv {
+    PoolControl* pool;
+    WorkerControl* control;
+    Ring tasks;
+    Ring results;
+    std::size_t maxtasks = 0;  // 0: no limit
+    const std::function<void()>* initializer = nullptr;
+};
+
+// Runs in the worker process; returns its exit code.
+inline int worker_main(WorkerEnv env) {
+    if (env.initializer && *env.initializer) {
+        try {
+            (*env.initializer)();
+        } catch (...) {
+            auto info = describe_current_exception();
+            std::fprintf(stderr, "multiprocessing: the pool's initializer failed in worker %d: %s: %s\n",
+                         static_cast<int>(::getpid()), info.type.c_str(), info.what.c_str());
+            return 1;
+        }
+    }
+    ResultChannel out(env.results, *env.pool);
+    std::size_t done = 0;
+    for (;;) {
+        auto record = env.tasks.peek();
+        if (!record) {
+            env.tasks.wait_for_data(std::chrono::seconds(1));
+            continue;
+        }
+        if (record->kind == stop_record) {
+            env.tasks.release();
+            return 0;
+        }
+        auto* header = reinterpret_cast<TaskHeader*>(record->payload.data());
+        std::uint32_t expected = task_queued;
+        // acq_rel: acquire so that a revocation by the parent is seen before we skip;
+        // release so the parent, reading `started` with acquire, sees our claim before
+        // it decides the task's fate after our death.
+        if (!header->state.compare_exchange_strong(expected, task_started, std::memory_order_acq_rel)) {
+            env.tasks.release();  // revoked: the parent gave it to another worker
+            continue;
+        }
+        // relaxed: a hint for task_timeout, read by the parent's periodic check only.
+        env.control->task_started_ns.store(monotonic_ns(), std::memory_order_relaxed);
+        ByteReader in(record->payload.subspan(sizeof(TaskHeader)));
+        code_at<Invoker>(header->invoker)(in, header->seq, out);
+        env.control->task_started_ns.store(0, std::memory_order_relaxed);
+        env.tasks.release();
+        if (env.maxtasks && ++done >= env.maxtasks) {
+            // Tell the parent before exiting, so it replaces us without waiting to notice.
+            out.reserve(0, ResultFormat::value, 0, 0);
+            out.commit(retiring_record);
+            return 0;
+        }
+    }
+}
+
+}  // namespace multiprocessing::detail

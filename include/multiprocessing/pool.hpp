@@ -1,0 +1,819 @@
+// Python's multiprocessing.pool: Pool, AsyncResult, MapResult, IMapIterator.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <future>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "context.hpp"
+#include "detail/callable.hpp"
+#include "detail/codec.hpp"
+#include "detail/pool_core.hpp"
+#include "detail/results.hpp"
+#include "detail/worker.hpp"
+#include "errors.hpp"
+
+namespace multiprocessing {
+
+namespace detail {
+
+// What a pool's initializer is: any callable a task may be, taking no arguments (a
+// lambda carries Python's initargs as captures).
+class Initializer {
+public:
+    Initializer() = default;
+    template <class F>
+        requires(!std::is_same_v<std::decay_t<F>, Initializer> && std::is_invocable_v<std::decay_t<F>&>)
+    Initializer(F&& f) {  // NOLINT: converting, so that `.initializer = init` reads as in Python
+        using Fn = stored_callable_t<F>;
+        require_transferable_callable<Fn>();
+        fn_ = [f = Fn(std::forward<F>(f))]() mutable { std::invoke(f); };
+    }
+    explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
+    const std::function<void()>& function() const noexcept { return fn_; }
+
+private:
+    std::function<void()> fn_;
+};
+
+template <class R>
+using map_value_t = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
+
+}  // namespace detail
+
+struct PoolOptions {
+    std::optional<std::size_t> processes;
+    detail::Initializer initializer;
+    std::optional<std::size_t> maxtasksperchild;
+    std::optional<Context> context;
+    std::optional<Timeout> task_timeout;
+};
+
+template <class R>
+struct ApplyOptions {
+    detail::value_callback_t<R> callback;
+    detail::error_callback_t error_callback;
+};
+
+struct MapOptions {
+    std::optional<std::size_t> chunksize;
+};
+
+template <class R>
+struct MapAsyncOptions {
+    std::optional<std::size_t> chunksize;
+    detail::value_callback_t<detail::map_value_t<R>> callback;
+    detail::error_callback_t error_callback;
+};
+
+// ---- results ---------------------------------------------------------------------------
+
+template <class R>
+class AsyncResult {
+public:
+    explicit AsyncResult(std::shared_ptr<detail::ResultSlot<R>> slot) : slot_(std::move(slot)) {}
+
+    // The result; rethrows the task's exception. May be called again.
+    R get() const {
+        slot_->wait();
+        return value();
+    }
+    R get(Timeout timeout) const {
+        if (!slot_->wait_for(timeout))
+            throw TimeoutError("AsyncResult.get: the result was not ready within " + std::to_string(timeout.count()) +
+                               " s");
+        return value();
+    }
+    void wait() const { slot_->wait(); }
+    bool wait(Timeout timeout) const { return slot_->wait_for(timeout); }
+    bool ready() const { return slot_->ready(); }
+    bool successful() const {
+        if (!ready()) throw ValueError("AsyncResult.successful: the result is not ready yet; wait() for it first");
+        return !slot_->error();
+    }
+
+protected:
+    R value() const {
+        if (auto e = slot_->error()) std::rethrow_exception(e);
+        if constexpr (!std::is_void_v<R>) return slot_->value();
+    }
+    std::shared_ptr<detail::ResultSlot<R>> slot_;
+};
+
+// The result of map_async / starmap_async: an AsyncResult of the whole list.
+template <class R>
+class MapResult : public AsyncResult<detail::map_value_t<R>> {
+public:
+    using AsyncResult<detail::map_value_t<R>>::AsyncResult;
+};
+
+namespace detail {
+
+// ---- tasks -------------------------------------------------------------------------------
+
+inline std::exception_ptr rebuild(ByteReader& body) {
+    return ExceptionRegistry::instance().rebuild(get<ExceptionInfo>(body));
+}
+inline std::exception_ptr rebuild(ByteReader&& body) { return rebuild(body); }
+
+template <class Fn, class... A>
+using apply_result_t = std::conditional_t<std::is_void_v<std::invoke_result_t<Fn&, A&...>>, void,
+                                          std::decay_t<std::invoke_result_t<Fn&, A&...>>>;
+
+template <class Range>
+using item_t = stored_arg_t<std::ranges::range_value_t<Range>>;
+
+template <class T>
+concept tuple_like_concept = requires { std::tuple_size<T>::value; };
+template <class T>
+inline constexpr bool is_tuple_like = tuple_like_concept<T>;
+
+
+template <class Fn, class... A>
+class ApplyTask final : public Task {
+public:
+    using R = std::decay_t<std::invoke_result_t<Fn&, A&...>>;
+    using Result = std::conditional_t<std::is_void_v<std::invoke_result_t<Fn&, A&...>>, void, R>;
+
+    ApplyTask(Fn fn, std::tuple<A...> args, std::shared_ptr<ResultSlot<Result>> slot)
+        : fn_(std::move(fn)), args_(std::move(args)), slot_(std::move(slot)) {
+        ByteWriter counter;
+        write(counter);
+        size = counter.written();
+    }
+    code_address invoker() const override { return address_of_code(&invoke_apply<Fn, A...>); }
+    void write_body(std::byte* out) override {
+        ByteWriter w(out);
+        write(w);
+    }
+    void complete(const ResultHeader& h, ByteReader body) override {
+        if (h.format == ResultFormat::error) return slot_->set_error(rebuild(body));
+        if constexpr (std::is_void_v<Result>)
+            slot_->set_value();
+        else
+            slot_->set_value(get<R>(body));
+    }
+    void fail(std::exception_ptr e) override { slot_->set_error(std::move(e)); }
+
+private:
+    void write(ByteWriter& w) {
+        put_callable(w, fn_);
+        std::apply([&](const auto&... a) { (put(w, a), ...); }, args_);
+    }
+    Fn fn_;
+    std::tuple<A...> args_;
+    std::shared_ptr<ResultSlot<Result>> slot_;
+};
+
+// Calls `item(i, value_or_error)` for each of the `count` items of a chunk's result.
+template <class R, class OnItem>
+void for_each_item(const ResultHeader& h, ByteReader& body, OnItem&& item) {
+    constexpr bool is_void = std::is_void_v<R>;
+    std::conditional_t<is_void, char, R>* const none = nullptr;
+    if (h.format == ResultFormat::error) {
+        // The chunk failed as a whole (its function could not even be decoded).
+        auto e = rebuild(body);
+        for (std::uint32_t i = 0; i < h.count; ++i) item(i, none, e);
+        return;
+    }
+    for (std::uint32_t i = 0; i < h.count; ++i) {
+        if constexpr (!is_void) {
+            if (h.format == ResultFormat::chunk_values) {
+                R v = get<R>(body);
+                item(i, &v, nullptr);
+                continue;
+            }
+        }
+        const auto ok = get<std::uint8_t>(body);
+        if (!ok) {
+            item(i, none, rebuild(body));
+        } else if constexpr (is_void) {
+            item(i, none, nullptr);
+        } else {
+            R v = get<R>(body);
+            item(i, &v, nullptr);
+        }
+    }
+}
+
+template <bool Star, class Fn, class T>
+using chunk_result_t = item_result_t<Star, Fn, T>;
+
+// The state of one map call: the whole result list, filled chunk by chunk.
+template <class R>
+struct MapJob {
+    using Slot = ResultSlot<map_value_t<R>>;
+    MapJob(std::size_t n, std::size_t chunks, std::shared_ptr<Slot> s) : remaining(chunks), slot(std::move(s)) {
+        if constexpr (!std::is_void_v<R>) values.resize(n);
+    }
+    std::conditional_t<std::is_void_v<R>, char, std::vector<R>> values{};
+    std::size_t remaining;
+    std::shared_ptr<Slot> slot;
+
+    void chunk_done() {
+        if (--remaining == 0 && !slot->done()) {
+            if constexpr (std::is_void_v<R>)
+                slot->set_value();
+            else
+                slot->set_value(std::move(values));
+        }
+    }
+};
+
+template <bool Star, class Fn, class T>
+class MapChunkTask final : public Task {
+public:
+    using R = chunk_result_t<Star, Fn, T>;
+
+    MapChunkTask(const Fn& fn, std::shared_ptr<const std::vector<T>> input, std::size_t begin, std::size_t count,
+                 std::shared_ptr<MapJob<R>> job)
+        : fn_(fn), input_(std::move(input)), begin_(begin), count_(count), job_(std::move(job)) {
+        ByteWriter counter;
+        write(counter);
+        size = counter.written();
+    }
+    code_address invoker() const override { return address_of_code(&invoke_chunk<Star, Fn, T>); }
+    void write_body(std::byte* out) override {
+        ByteWriter w(out);
+        write(w);
+    }
+    void complete(const ResultHeader& h, ByteReader body) override {
+        if (job_->slot->done()) return;  // the map already failed
+        if constexpr (!std::is_void_v<R> && raw_bytes<R> && !std::is_same_v<R, bool>) {
+            if (h.format == ResultFormat::chunk_values) {
+                std::memcpy(job_->values.data() + begin_, body.take(count_ * sizeof(R)), count_ * sizeof(R));
+                return job_->chunk_done();
+            }
+        }
+        std::exception_ptr first_error;
+        for_each_item<R>(h, body, [&](std::uint32_t i, auto* value, std::exception_ptr e) {
+            if (e && !first_error) first_error = e;
+            if constexpr (!std::is_void_v<R>)
+                if (value) job_->values[begin_ + i] = std::move(*value);
+        });
+        if (first_error) return job_->slot->set_error(first_error);
+        job_->chunk_done();
+    }
+    void fail(std::exception_ptr e) override { job_->slot->set_error(std::move(e)); }
+
+private:
+    void write(ByteWriter& w) {
+        put_callable(w, fn_);
+        put(w, static_cast<std::uint32_t>(count_));
+        const T* items = input_->data() + begin_;
+        if constexpr (raw_bytes<T>) {
+            w.write(items, count_ * sizeof(T));
+        } else {
+            for (std::size_t i = 0; i < count_; ++i) put(w, items[i]);
+        }
+    }
+    Fn fn_;
+    std::shared_ptr<const std::vector<T>> input_;
+    std::size_t begin_, count_;
+    std::shared_ptr<MapJob<R>> job_;
+};
+
+// ---- imap ---------------------------------------------------------------------------------
+
+template <class R>
+struct ItemOutcome {
+    std::optional<std::conditional_t<std::is_void_v<R>, char, R>> value;
+    std::exception_ptr error;
+    bool filled() const noexcept { return value.has_value() || error; }
+};
+
+// The state of one imap / imap_unordered: pulls input lazily into chunk tasks, with at
+// most `window` items pulled but not yet handed to the consumer.
+template <class R>
+class IMapJob final : public TaskSource, public std::enable_shared_from_this<IMapJob<R>> {
+public:
+    // Makes the next chunk from the input, starting at item `first`; null at the end.
+    using Puller = std::function<std::unique_ptr<Task>(IMapJob&, std::uint64_t first)>;
+
+    IMapJob(std::shared_ptr<PoolCore> core, bool ordered, std::size_t window) : core_(std::move(core)), ordered_(ordered), window_(window) {}
+
+    void set_puller(Puller p) { pull_ = std::move(p); }
+
+    void refill(bool unbounded) override {
+        std::unique_lock lock(mutex_);
+        while (!exhausted_ && (unbounded || pulled_ - consumed_ < window_)) {
+            std::unique_ptr<Task> task;
+            try {
+                task = pull_(*this, pulled_);
+            } catch (...) {
+                // The input itself threw: that ends the iteration with its error.
+                source_error_ = std::current_exception();
+                exhausted_ = true;
+                break;
+            }
+            if (!task) {
+                exhausted_ = true;
+                break;
+            }
+            const std::size_t n = static_cast<const Chunk&>(*task).count();
+            if (ordered_) window_items_.resize(window_items_.size() + n);
+            pulled_ += n;
+            try {
+                core_->submit(std::move(task), /*internal=*/true);
+            } catch (...) {
+                fail_range(pulled_ - n, n, std::current_exception());
+            }
+        }
+        lock.unlock();
+        cv_.notify_all();
+    }
+
+    bool exhausted() const override {
+        std::lock_guard lock(mutex_);
+        return exhausted_;
+    }
+
+    void terminate(std::exception_ptr error) override {
+        {
+            std::lock_guard lock(mutex_);
+            terminated_ = error;
+            exhausted_ = true;
+        }
+        cv_.notify_all();
+    }
+
+    // A chunk's items arrived (result thread).
+    void deliver(std::uint64_t first, std::uint32_t i, ItemOutcome<R> outcome) {
+        std::lock_guard lock(mutex_);
+        if (cancelled_) return;
+        if (ordered_) {
+            window_items_[first + i - consumed_] = std::move(outcome);
+        } else {
+            ready_.push_back(std::move(outcome));
+        }
+        arrivals_.fetch_add(1, std::memory_order_release);
+    }
+    void delivered() { cv_.notify_all(); }
+
+    // The next outcome, waiting at most until `deadline`.
+    ItemOutcome<R> next(std::optional<std::chrono::steady_clock::time_point> deadline) {
+        // Poll briefly first: results usually come within microseconds.
+        if (arrivals_.load(std::memory_order_acquire) == seen_arrivals_)
+            spin_until([&] { return arrivals_.load(std::memory_order_acquire) != seen_arrivals_; },
+                       SpinPolicy{1000, std::chrono::microseconds(20)});
+        std::unique_lock lock(mutex_);
+        for (;;) {
+            seen_arrivals_ = arrivals_.load(std::memory_order_acquire);
+            if (ordered_ ? (!window_items_.empty() && window_items_.front().filled()) : !ready_.empty()) break;
+            if (exhausted_ && consumed_ == pulled_) {
+                if (terminated_) std::rethrow_exception(terminated_);
+                if (source_error_) std::rethrow_exception(std::exchange(source_error_, nullptr));
+                throw StopIteration();
+            }
+            if (terminated_) std::rethrow_exception(terminated_);
+            if (!deadline) {
+                cv_.wait(lock);
+            } else if (cv_.wait_until(lock, *deadline) == std::cv_status::timeout) {
+                if (ordered_ ? (!window_items_.empty() && window_items_.front().filled()) : !ready_.empty()) break;
+                throw TimeoutError("IMapIterator.next: no result within the timeout");
+            }
+        }
+        ItemOutcome<R> out;
+        if (ordered_) {
+            out = std::move(window_items_.front());
+            window_items_.pop_front();
+        } else {
+            out = std::move(ready_.front());
+            ready_.pop_front();
+        }
+        ++consumed_;
+        const bool more = !exhausted_ && pulled_ - consumed_ < window_;
+        lock.unlock();
+        if (more) refill(false);
+        return out;
+    }
+
+    void cancel() {
+        {
+            std::lock_guard lock(mutex_);
+            cancelled_ = true;
+            exhausted_ = true;
+        }
+        core_->cancel_pending(this);
+    }
+
+    // What IMapJob needs of a chunk task.
+    class Chunk : public Task {
+    public:
+        virtual std::size_t count() const noexcept = 0;
+    };
+
+private:
+    void fail_range(std::uint64_t first, std::size_t n, std::exception_ptr e) {
+        for (std::size_t i = 0; i < n; ++i) {
+            ItemOutcome<R> o;
+            o.error = e;
+            if (ordered_)
+                window_items_[first + i - consumed_] = std::move(o);
+            else
+                ready_.push_back(std::move(o));
+        }
+        arrivals_.fetch_add(1, std::memory_order_release);
+    }
+
+    std::shared_ptr<PoolCore> core_;
+    const bool ordered_;
+    const std::size_t window_;
+    Puller pull_;
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<ItemOutcome<R>> window_items_;  // ordered: items consumed_ .. pulled_-1
+    std::deque<ItemOutcome<R>> ready_;         // unordered: arrived, not yet consumed
+    std::uint64_t pulled_ = 0, consumed_ = 0;
+    bool exhausted_ = false, cancelled_ = false;
+    std::exception_ptr terminated_, source_error_;
+    std::atomic<std::uint64_t> arrivals_{0};
+    std::uint64_t seen_arrivals_ = 0;  // consumer-only
+};
+
+template <bool Star, class Fn, class T>
+class IMapChunkTask final : public IMapJob<chunk_result_t<Star, Fn, T>>::Chunk {
+public:
+    using R = chunk_result_t<Star, Fn, T>;
+
+    IMapChunkTask(const Fn& fn, std::vector<T> items, std::uint64_t first, std::shared_ptr<IMapJob<R>> job)
+        : fn_(fn), items_(std::move(items)), count_(static_cast<std::uint32_t>(items_.size())), first_(first),
+          job_(std::move(job)) {
+        ByteWriter counter;
+        write(counter);
+        this->size = counter.written();
+    }
+    std::size_t count() const noexcept override { return count_; }
+    code_address invoker() const override { return address_of_code(&invoke_chunk<Star, Fn, T>); }
+    void write_body(std::byte* out) override {
+        ByteWriter w(out);
+        write(w);
+        items_ = {};  // encoded: the copy in shared memory is the one that counts now
+    }
+    void complete(const ResultHeader& h, ByteReader body) override {
+        for_each_item<R>(h, body, [&](std::uint32_t i, auto* value, std::exception_ptr e) {
+            ItemOutcome<R> o;
+            o.error = e;
+            if constexpr (!std::is_void_v<R>) {
+                if (value) o.value.emplace(std::move(*value));
+            } else {
+                if (!e) o.value.emplace();
+            }
+            job_->deliver(first_, i, std::move(o));
+        });
+        job_->delivered();
+    }
+    void fail(std::exception_ptr e) override {
+        for (std::uint32_t i = 0; i < count_; ++i) {
+            ItemOutcome<R> o;
+            o.error = e;
+            job_->deliver(first_, i, std::move(o));
+        }
+        job_->delivered();
+    }
+    const void* job() const noexcept override { return job_.get(); }
+
+private:
+    void write(ByteWriter& w) {
+        put_callable(w, fn_);
+        put(w, count_);
+        if constexpr (raw_bytes<T>) {
+            w.write(items_.data(), items_.size() * sizeof(T));
+        } else {
+            for (auto& item : items_) put(w, item);
+        }
+    }
+    Fn fn_;
+    std::vector<T> items_;
+    std::uint32_t count_ = 0;
+    std::uint64_t first_;
+    std::shared_ptr<IMapJob<R>> job_;
+};
+
+}  // namespace detail
+
+// An input range over the results of imap / imap_unordered, with Python's next().
+template <class R>
+class IMapIterator {
+    using Value = std::conditional_t<std::is_void_v<R>, std::monostate, R>;
+
+public:
+    explicit IMapIterator(std::shared_ptr<detail::IMapJob<R>> job) : job_(std::move(job)) {}
+    IMapIterator(IMapIterator&&) noexcept = default;
+    IMapIterator& operator=(IMapIterator&&) noexcept = default;
+    IMapIterator(const IMapIterator&) = delete;
+    IMapIterator& operator=(const IMapIterator&) = delete;
+    // Cancels what has not been sent yet.
+    ~IMapIterator() {
+        if (job_) job_->cancel();
+    }
+
+    // The next result; rethrows that item's exception; StopIteration at the end.
+    R next() { return unwrap(job_->next(std::nullopt)); }
+    // TimeoutError if no result within `timeout`.
+    R next(Timeout timeout) {
+        return unwrap(job_->next(std::chrono::steady_clock::now() +
+                                 std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout)));
+    }
+
+    class iterator {
+    public:
+        using value_type = Value;
+        using difference_type = std::ptrdiff_t;
+        iterator() = default;
+        explicit iterator(IMapIterator* owner) : owner_(owner) { advance(); }
+        const Value& operator*() const { return *current_; }
+        const Value* operator->() const { return &*current_; }
+        iterator& operator++() {
+            advance();
+            return *this;
+        }
+        void operator++(int) { advance(); }
+        friend bool operator==(const iterator& it, std::default_sentinel_t) { return !it.current_; }
+
+    private:
+        void advance() {
+            current_.reset();
+            try {
+                if constexpr (std::is_void_v<R>) {
+                    owner_->next();
+                    current_.emplace();
+                } else {
+                    current_.emplace(owner_->next());
+                }
+            } catch (const StopIteration&) {
+            }
+        }
+        IMapIterator* owner_ = nullptr;
+        std::optional<Value> current_;
+    };
+
+    iterator begin() { return iterator(this); }
+    std::default_sentinel_t end() const noexcept { return {}; }
+
+private:
+    R unwrap(detail::ItemOutcome<R> o) {
+        if (o.error) std::rethrow_exception(o.error);
+        if constexpr (!std::is_void_v<R>) return std::move(*o.value);
+    }
+    std::shared_ptr<detail::IMapJob<R>> job_;
+};
+
+// ---- Pool --------------------------------------------------------------------------------
+
+class Pool {
+public:
+    Pool() : Pool(PoolOptions{}) {}
+    explicit Pool(std::size_t processes) : Pool(PoolOptions{.processes = processes}) {}
+    explicit Pool(PoolOptions options) {
+        if (options.processes && *options.processes == 0)
+            throw ValueError("Pool: the number of processes must be at least 1");
+        if (options.maxtasksperchild && *options.maxtasksperchild == 0)
+            throw ValueError("Pool: maxtasksperchild must be a positive number or empty");
+        if (options.context && options.context->get_start_method() != "fork")
+            throw ValueError("Pool: start method '" + options.context->get_start_method() + "' is not available");
+        detail::CoreOptions core;
+        core.processes = options.processes.value_or(cpu_count());
+        core.maxtasksperchild = options.maxtasksperchild.value_or(0);
+        core.initializer = options.initializer.function();
+        if (options.task_timeout)
+            core.task_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(*options.task_timeout);
+        core_ = std::make_shared<detail::PoolCore>(std::move(core));
+        core_->start();
+    }
+
+    Pool(Pool&&) noexcept = default;
+    Pool& operator=(Pool&&) noexcept = default;
+    Pool(const Pool&) = delete;
+    Pool& operator=(const Pool&) = delete;
+
+    // As Python's `with Pool() as pool:`: terminates; unfinished results then throw.
+    ~Pool() {
+        if (core_) {
+            core_->terminate();
+            core_->join();
+        }
+    }
+
+    // ---- apply ----
+
+    template <class F, class... Args>
+    auto apply(F&& f, Args&&... args) {
+        return apply_async(std::forward<F>(f), std::forward<Args>(args)...).get();
+    }
+
+    template <class F, class... Args>
+    auto apply_async(F&& f, Args&&... args) {
+        using Fn = detail::stored_callable_t<F>;
+        using Tuple = std::tuple<detail::stored_arg_t<Args>...>;
+        return submit_apply(Fn(std::forward<F>(f)), Tuple(std::forward<Args>(args)...), detail::value_callback_t<detail::apply_result_t<Fn, detail::stored_arg_t<Args>...>>{}, detail::error_callback_t{});
+    }
+
+    // The form that takes callbacks: the arguments come as one tuple.
+    template <class F, class... Args>
+    auto apply_async(F&& f, std::tuple<Args...> args,
+                     ApplyOptions<detail::apply_result_t<detail::stored_callable_t<F>, detail::stored_arg_t<Args>...>> options) {
+        using Fn = detail::stored_callable_t<F>;
+        using Tuple = std::tuple<detail::stored_arg_t<Args>...>;
+        return submit_apply(Fn(std::forward<F>(f)), Tuple(std::move(args)), std::move(options.callback),
+                                std::move(options.error_callback));
+    }
+
+    // ---- map / starmap ----
+
+    template <class F, std::ranges::input_range Range>
+    auto map(F&& f, Range&& range, MapOptions options = {}) {
+        return run_map<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize);
+    }
+
+    template <class F, std::ranges::input_range Range>
+    auto map_async(F&& f, Range&& range,
+                   MapAsyncOptions<detail::chunk_result_t<false, detail::stored_callable_t<F>, detail::item_t<Range>>>
+                       options = {}) {
+        return submit_map<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize,
+                                 std::move(options.callback), std::move(options.error_callback));
+    }
+
+    template <class F, std::ranges::input_range Range>
+    auto starmap(F&& f, Range&& range, MapOptions options = {}) {
+        return run_map<true>(std::forward<F>(f), std::forward<Range>(range), options.chunksize);
+    }
+
+    template <class F, std::ranges::input_range Range>
+    auto starmap_async(F&& f, Range&& range,
+                       MapAsyncOptions<detail::chunk_result_t<true, detail::stored_callable_t<F>, detail::item_t<Range>>>
+                           options = {}) {
+        return submit_map<true>(std::forward<F>(f), std::forward<Range>(range), options.chunksize,
+                                std::move(options.callback), std::move(options.error_callback));
+    }
+
+    // ---- imap ----
+
+    template <class F, std::ranges::input_range Range>
+    auto imap(F&& f, Range&& range, MapOptions options = {}) {
+        return run_imap<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize, true);
+    }
+    template <class F, std::ranges::input_range Range>
+    auto imap_unordered(F&& f, Range&& range, MapOptions options = {}) {
+        return run_imap<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize, false);
+    }
+
+    // ---- lifetime ----
+
+    void close() { core_->close(); }
+    void terminate() { core_->terminate(); }
+    void join() { core_->join(); }
+
+    // The pids of the current workers (not in Python's API; handy for tests and tools).
+    std::vector<pid_t> worker_pids() const { return core_->worker_pids(); }
+
+private:
+    void check_running(const char* what) const {
+        if (!core_->accepting())
+            throw ValueError(std::string("Pool.") + what + ": Pool not running (it was closed or terminated)");
+    }
+
+    template <class Fn, class... A, class CB, class ECB>
+    auto submit_apply(Fn fn, std::tuple<A...> args, CB callback, ECB error_callback) {
+        detail::require_transferable_callable<Fn>();
+        (detail::require_transferable<A>(), ...);
+        static_assert(std::is_invocable_v<Fn&, A&...>, "Pool.apply: the function cannot be called with these arguments");
+        using Task = detail::ApplyTask<Fn, A...>;
+        using Result = typename Task::Result;
+        if constexpr (!std::is_void_v<Result>) detail::require_transferable<Result>();
+        check_running("apply_async");
+        auto slot = std::make_shared<detail::ResultSlot<Result>>(std::move(callback), std::move(error_callback));
+        core_->submit(std::make_unique<Task>(std::move(fn), std::move(args), slot));
+        return AsyncResult<Result>(std::move(slot));
+    }
+
+    template <bool Star, class F, class Range>
+    auto run_map(F&& f, Range&& range, std::optional<std::size_t> chunksize) {
+        using R = detail::chunk_result_t<Star, detail::stored_callable_t<F>, detail::item_t<Range>>;
+        auto result = submit_map<Star>(std::forward<F>(f), std::forward<Range>(range), chunksize,
+                                       detail::value_callback_t<detail::map_value_t<R>>{}, detail::error_callback_t{});
+        return result.get();
+    }
+
+    template <class T, class Range>
+    static std::shared_ptr<const std::vector<T>> materialize(Range&& range) {
+        if constexpr (std::is_same_v<std::remove_cvref_t<Range>, std::vector<T>> && !std::is_lvalue_reference_v<Range>) {
+            return std::make_shared<const std::vector<T>>(std::move(range));
+        } else {
+            auto v = std::make_shared<std::vector<T>>();
+            if constexpr (std::ranges::sized_range<Range>) v->reserve(std::ranges::size(range));
+            for (auto&& x : range) v->emplace_back(std::forward<decltype(x)>(x));
+            return v;
+        }
+    }
+
+    std::size_t checked_chunksize(std::optional<std::size_t> chunksize, std::size_t n) const {
+        if (chunksize) {
+            if (*chunksize == 0) throw ValueError("Pool.map: chunksize must be 1 or more");
+            return *chunksize;
+        }
+        // Python's default: ceil(len / (4 * processes)).
+        const std::size_t d = 4 * core_->processes();
+        return std::max<std::size_t>(1, (n + d - 1) / d);
+    }
+
+    template <bool Star, class F, class Range, class CB>
+    auto submit_map(F&& f, Range&& range, std::optional<std::size_t> chunksize, CB callback,
+                    detail::error_callback_t error_callback) {
+        using Fn = detail::stored_callable_t<F>;
+        using T = detail::item_t<Range>;
+        check_map_types<Star, Fn, T>();
+        using R = detail::chunk_result_t<Star, Fn, T>;
+        check_running(Star ? "starmap" : "map");
+        auto input = materialize<T>(std::forward<Range>(range));
+        const std::size_t n = input->size();
+        const std::size_t size = checked_chunksize(chunksize, n);
+        const std::size_t chunks = (n + size - 1) / size;
+        auto slot = std::make_shared<typename detail::MapJob<R>::Slot>(std::move(callback), std::move(error_callback));
+        auto job = std::make_shared<detail::MapJob<R>>(n, chunks, slot);
+        if (n == 0) slot->set_value();  // Python's map of an empty list is []
+        const Fn fn(std::forward<F>(f));
+        for (std::size_t begin = 0; begin < n; begin += size)
+            core_->submit(std::make_unique<detail::MapChunkTask<Star, Fn, T>>(fn, input, begin,
+                                                                              std::min(size, n - begin), job));
+        return MapResult<R>(std::move(slot));
+    }
+
+    template <bool Star, class F, class Range>
+    auto run_imap(F&& f, Range&& range, std::optional<std::size_t> chunksize, bool ordered) {
+        using Fn = detail::stored_callable_t<F>;
+        using T = detail::item_t<Range>;
+        check_map_types<Star, Fn, T>();
+        using R = detail::chunk_result_t<Star, Fn, T>;
+        check_running(ordered ? "imap" : "imap_unordered");
+        const std::size_t size = chunksize.value_or(1);
+        if (size == 0) throw ValueError("Pool.imap: chunksize must be 1 or more");
+        // Enough chunks in flight to keep every worker's queue full, and then some.
+        const std::size_t window = std::max<std::size_t>(64, 4 * detail::PoolCore::prefetch * core_->processes()) * size;
+        auto job = std::make_shared<detail::IMapJob<R>>(core_, ordered, window);
+        // The input range: owned when given as an rvalue, referred to when an lvalue
+        // (which must then outlive the iteration, as with any view).
+        auto view = std::views::all(std::forward<Range>(range));
+        using View = decltype(view);
+        struct Cursor {
+            View view;
+            std::ranges::iterator_t<View> it;
+            bool begun = false;
+        };
+        auto cursor = std::make_shared<Cursor>(Cursor{std::move(view), {}, false});
+        job->set_puller([cursor, fn = Fn(std::forward<F>(f)), size](detail::IMapJob<R>& j,
+                                                                    std::uint64_t first) -> std::unique_ptr<detail::Task> {
+            if (!cursor->begun) {
+                cursor->it = std::ranges::begin(cursor->view);
+                cursor->begun = true;
+            }
+            std::vector<T> items;
+            items.reserve(size);
+            for (; items.size() < size && cursor->it != std::ranges::end(cursor->view); ++cursor->it)
+                items.emplace_back(*cursor->it);
+            if (items.empty()) return nullptr;
+            return std::make_unique<detail::IMapChunkTask<Star, Fn, T>>(fn, std::move(items), first,
+                                                                        j.shared_from_this());
+        });
+        core_->add_source(job);
+        job->refill(false);
+        return IMapIterator<R>(std::move(job));
+    }
+
+    template <bool Star, class Fn, class T>
+    static constexpr void check_map_types() {
+        detail::require_transferable_callable<Fn>();
+        detail::require_transferable<T>();
+        if constexpr (Star)
+            static_assert(detail::is_tuple_like<T>, "Pool.starmap: each item must be a std::tuple (or pair) of arguments");
+        else
+            static_assert(std::is_invocable_v<Fn&, T&>, "Pool.map: the function cannot be called with an item of the range");
+        using R = detail::chunk_result_t<Star, Fn, T>;
+        if constexpr (!std::is_void_v<R>) {
+            detail::require_transferable<R>();
+            static_assert(std::is_default_constructible_v<R> || detail::raw_bytes<R>,
+                          "Pool.map: the function's result type must be default constructible (the result list is "
+                          "allocated up front)");
+        }
+    }
+
+    std::shared_ptr<detail::PoolCore> core_;
+};
+
+}  // namespace multiprocessing
