@@ -164,6 +164,13 @@ public:
     explicit Context(std::string method = "fork") : method_(std::move(method)) {}
     const std::string& get_start_method() const noexcept { return method_; }
 
+    // As mp::Pool's constructors, with this context (defined in pool.hpp).
+    template <class... A>
+    auto Pool(A&&... args) const;
+    // As mp::Process's constructor (defined in process.hpp).
+    template <class F, class... A>
+    auto Process(F&& target, A&&... args) const;
+
 private:
     std::string method_;
 };

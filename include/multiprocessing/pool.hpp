@@ -58,28 +58,28 @@ using map_value_t = std::conditional_t<std::is_void_v<R>, void, std::vector<R>>;
 }  // namespace detail
 
 struct PoolOptions {
-    std::optional<std::size_t> processes;
-    detail::Initializer initializer;
-    std::optional<std::size_t> maxtasksperchild;
-    std::optional<Context> context;
-    std::optional<Timeout> task_timeout;
+    std::optional<std::size_t> processes = {};       // empty: cpu_count()
+    detail::Initializer initializer = {};            // run once in each worker
+    std::optional<std::size_t> maxtasksperchild = {};  // empty: workers live as long as the pool
+    std::optional<Context> context = {};
+    std::optional<Timeout> task_timeout = {};        // kill and replace a worker whose task runs longer
 };
 
 template <class R>
 struct ApplyOptions {
-    detail::value_callback_t<R> callback;
-    detail::error_callback_t error_callback;
+    detail::value_callback_t<R> callback = {};
+    detail::error_callback_t error_callback = {};
 };
 
 struct MapOptions {
-    std::optional<std::size_t> chunksize;
+    std::optional<std::size_t> chunksize = {};
 };
 
 template <class R>
 struct MapAsyncOptions {
-    std::optional<std::size_t> chunksize;
-    detail::value_callback_t<detail::map_value_t<R>> callback;
-    detail::error_callback_t error_callback;
+    std::optional<std::size_t> chunksize = {};
+    detail::value_callback_t<detail::map_value_t<R>> callback = {};
+    detail::error_callback_t error_callback = {};
 };
 
 // ---- results ---------------------------------------------------------------------------
@@ -773,20 +773,16 @@ private:
         using View = decltype(view);
         struct Cursor {
             View view;
-            std::ranges::iterator_t<View> it;
-            bool begun = false;
+            std::optional<std::ranges::iterator_t<View>> it;  // not all are default constructible
         };
-        auto cursor = std::make_shared<Cursor>(Cursor{std::move(view), {}, false});
+        auto cursor = std::make_shared<Cursor>(Cursor{std::move(view), std::nullopt});
         job->set_puller([cursor, fn = Fn(std::forward<F>(f)), size](detail::IMapJob<R>& j,
                                                                     std::uint64_t first) -> std::unique_ptr<detail::Task> {
-            if (!cursor->begun) {
-                cursor->it = std::ranges::begin(cursor->view);
-                cursor->begun = true;
-            }
+            if (!cursor->it) cursor->it.emplace(std::ranges::begin(cursor->view));
+            auto& it = *cursor->it;
             std::vector<T> items;
             items.reserve(size);
-            for (; items.size() < size && cursor->it != std::ranges::end(cursor->view); ++cursor->it)
-                items.emplace_back(*cursor->it);
+            for (; items.size() < size && it != std::ranges::end(cursor->view); ++it) items.emplace_back(*it);
             if (items.empty()) return nullptr;
             return std::make_unique<detail::IMapChunkTask<Star, Fn, T>>(fn, std::move(items), first,
                                                                         j.shared_from_this());
@@ -815,5 +811,24 @@ private:
 
     std::shared_ptr<detail::PoolCore> core_;
 };
+
+// ---- Context's factories (declared in context.hpp) ---------------------------------------
+
+template <class... A>
+auto Context::Pool(A&&... args) const {
+    if constexpr (sizeof...(A) == 1 && (std::is_convertible_v<A, PoolOptions> && ...)) {
+        PoolOptions options(std::forward<A>(args)...);
+        options.context = *this;
+        return multiprocessing::Pool(std::move(options));
+    } else if constexpr (sizeof...(A) == 0) {
+        return multiprocessing::Pool(PoolOptions{.context = *this});
+    } else {
+        static_assert(sizeof...(A) == 1, "Context.Pool takes a process count or PoolOptions");
+        PoolOptions options;
+        options.processes = static_cast<std::size_t>((args, ...));
+        options.context = *this;
+        return multiprocessing::Pool(std::move(options));
+    }
+}
 
 }  // namespace multiprocessing

@@ -165,4 +165,10 @@ private:
     std::shared_ptr<detail::ChildRecord> child_;
 };
 
+// Context's factory for processes (declared in context.hpp).
+template <class F, class... A>
+auto Context::Process(F&& target, A&&... args) const {
+    return multiprocessing::Process(std::forward<F>(target), std::forward<A>(args)...);
+}
+
 }  // namespace multiprocessing

@@ -172,7 +172,7 @@ concept cereal_serializable = cereal::traits::is_output_serializable<T, OutArchi
                               cereal::traits::is_input_serializable<T, InArchive>::value;
 
 template <class T>
-concept transferable = raw_bytes<T> || cereal_serializable<T>;
+concept transferable = !std::is_pointer_v<T> && (raw_bytes<T> || cereal_serializable<T>);
 
 template <class T>
 inline constexpr bool dependent_false = false;

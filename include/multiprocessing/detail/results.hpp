@@ -19,7 +19,15 @@ namespace multiprocessing::detail {
 
 // Callback types as API.md gives them: the result by const reference, nothing for void.
 template <class T>
-using value_callback_t = std::conditional_t<std::is_void_v<T>, std::function<void()>, std::function<void(const T&)>>;
+struct value_callback {
+    using type = std::function<void(const T&)>;
+};
+template <>
+struct value_callback<void> {
+    using type = std::function<void()>;
+};
+template <class T>
+using value_callback_t = typename value_callback<T>::type;
 using error_callback_t = std::function<void(std::exception_ptr)>;
 
 // Runs a user callback in the result thread; an exception escaping it must not kill the
