@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Run the pool benchmarks in C++ (mp::Pool) and in Python (multiprocessing.Pool)
+and print them side by side.
+
+    python3 bench/run.py [--build-dir build] [--only cpp|python] [--quick] [--json]
+
+--build-dir  where CMake built bench_pool (default: build). If the binary is missing,
+             `cmake --build <dir> --target bench_pool` is run; nothing else is built.
+--only       run one side only (the table then shows "-" for the other).
+--quick      half the repetitions on both sides.
+--json       also print the raw JSON lines of both sides.
+
+Ratio is "how many times better C++ is": Python/C++ for times (ms, us), C++/Python for
+throughputs and speedups (Mitems/s, GB/s, x). Medians only.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# (workload, label, target kind, target value, note)
+# kind "max": the C++ median must be <= value; "min": >= value.
+ROWS = [
+    ("pool_start_close_join", "Pool(2) start+close+join", "max", 1.0),
+    ("apply_async_roundtrip", "apply_async(noop).get()", "max", 15.0),
+    ("map_square_1M", "map(square, 1M), default chunk", "min", 100.0),
+    ("threads2_square_1M", "  same loop on 2 std::threads", None, None),
+    ("map_vs_threads", "  map / 2-thread loop", "min", 0.5),
+    ("imap_square_50k_chunk1", "imap(square, 50k, chunksize=1)", "min", 0.5),
+    ("map_len_64x1MiB_chunk1", "map(len, 64 x 1 MiB, chunksize=1)", "min", 3.0),
+    ("map_fib_speedup", "map(fib) speedup, 2 workers", "min", 1.9),
+]
+
+TIME_UNITS = {"ms", "us"}
+CPP_TIMEOUT = 180  # s; a hang in the library must not hang the benchmark
+PY_TIMEOUT = 300
+
+
+def run_lines(cmd, timeout):
+    """Runs cmd, returns (records by workload, error text or None)."""
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout)
+        out, err, rc = proc.stdout, proc.stderr, proc.returncode
+        problem = None if rc == 0 else f"exit status {rc}"
+        if rc < 0:
+            import signal
+            try:
+                problem = f"killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                pass
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        problem = f"timed out after {timeout} s"
+    recs = {}
+    for line in out.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        recs[rec.get("workload")] = rec
+    if problem and err.strip():
+        problem += "; stderr tail: " + " | ".join(err.strip().splitlines()[-5:])
+    return recs, problem, out
+
+
+def find_cpp_binary(build_dir):
+    for cand in (os.path.join(build_dir, "bench", "bench_pool"),
+                 os.path.join(build_dir, "bench_pool")):
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def ensure_cpp_binary(build_dir):
+    exe = find_cpp_binary(build_dir)
+    if exe:
+        return exe
+    if not os.path.isfile(os.path.join(build_dir, "CMakeCache.txt")):
+        sys.exit(f"error: {build_dir} is not a CMake build directory; configure it first:\n"
+                 f"  cmake -S {ROOT} -B {build_dir} -DCMAKE_BUILD_TYPE=Release")
+    print(f"bench_pool not found in {build_dir}; building it ...", file=sys.stderr)
+    subprocess.run(["cmake", "--build", build_dir, "--target", "bench_pool"], check=True)
+    exe = find_cpp_binary(build_dir)
+    if not exe:
+        sys.exit(f"error: bench_pool still missing in {build_dir} after the build")
+    return exe
+
+
+def median_of(recs, name):
+    rec = recs.get(name)
+    if rec is None or "median" not in rec:
+        return None
+    return rec["median"]
+
+
+def fmt(x, unit):
+    if x is None:
+        return "-"
+    if unit == "Mitems/s" and abs(x) < 1:
+        x, unit = x * 1e3, "kitems/s"
+    if unit in ("x",):
+        return f"{x:.2f} {unit}"
+    if abs(x) >= 100:
+        return f"{x:.0f} {unit}"
+    if abs(x) >= 10:
+        return f"{x:.1f} {unit}"
+    if abs(x) >= 0.1:
+        return f"{x:.2f} {unit}"
+    return f"{x:.3g} {unit}"
+
+
+def fmt_target(kind, value, unit):
+    if kind is None:
+        return ""
+    return ("<= " if kind == "max" else ">= ") + fmt(value, unit)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--only", choices=["cpp", "python"])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    extra = ["--quick"] if args.quick else []
+    load_before = os.getloadavg()[0]
+    cpp, py = {}, {}
+    problems = []
+
+    if args.only != "python":
+        exe = ensure_cpp_binary(os.path.abspath(args.build_dir))
+        print(f"running {exe} ...", file=sys.stderr, flush=True)
+        cpp, prob, raw = run_lines([exe] + extra, CPP_TIMEOUT)
+        if prob:
+            problems.append(f"C++: {prob}")
+        if args.json:
+            print("# C++\n" + raw.rstrip())
+    if args.only != "cpp":
+        script = os.path.join(HERE, "python", "bench_pool.py")
+        print(f"running {sys.executable} {script} ...", file=sys.stderr, flush=True)
+        py, prob, raw = run_lines([sys.executable, script] + extra, PY_TIMEOUT)
+        if prob:
+            problems.append(f"Python: {prob}")
+        if args.json:
+            print("# Python\n" + raw.rstrip())
+
+    for side, recs in (("C++", cpp), ("Python", py)):
+        for name, rec in recs.items():
+            if "error" in rec:
+                problems.append(f"{side} {name}: {rec['error']}")
+
+    # derived row: map throughput as a fraction of the 2-thread loop (C++ only)
+    m, t = median_of(cpp, "map_square_1M"), median_of(cpp, "threads2_square_1M")
+    if m is not None and t:
+        cpp["map_vs_threads"] = {"workload": "map_vs_threads", "unit": "x", "median": m / t}
+
+    header = ["workload", "Python", "C++", "ratio", "target (C++)", "met?"]
+    table = []
+    for name, label, kind, target in ROWS:
+        rec = cpp.get(name) or py.get(name) or {}
+        unit = rec.get("unit", "x" if name == "map_vs_threads" else "")
+        pv, cv = median_of(py, name), median_of(cpp, name)
+        ratio = "-"
+        if pv is not None and cv is not None and pv > 0 and cv > 0:
+            r = pv / cv if unit in TIME_UNITS else cv / pv
+            ratio = f"{r:.1f}x" if r >= 10 else f"{r:.2f}x"
+        met = ""
+        if kind is not None:
+            if cv is None:
+                met = "n/a"
+            else:
+                ok = cv <= target if kind == "max" else cv >= target
+                met = "yes" if ok else "NO"
+        if name == "map_vs_threads":
+            pv_s = "-"
+            cv_s = "-" if cv is None else f"{cv * 100:.0f} %"
+            tgt = f">= {target * 100:.0f} %"
+        else:
+            pv_s, cv_s, tgt = fmt(pv, unit), fmt(cv, unit), fmt_target(kind, target, unit)
+        table.append([label, pv_s, cv_s, ratio, tgt, met])
+
+    widths = [max(len(str(r[i])) for r in [header] + table) for i in range(len(header))]
+
+    def line(cells):
+        return " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                          for i, (c, w) in enumerate(zip(cells, widths)))
+
+    print(line(header))
+    print("-+-".join("-" * w for w in widths))
+    for r in table:
+        print(line(r))
+
+    notes = []
+    fc, fp = cpp.get("map_fib_speedup", {}), py.get("map_fib_speedup", {})
+    if fc or fp:
+        parts = []
+        if fp.get("fib_n") is not None:
+            parts.append(f"Python fib({fp['fib_n']}) {fp.get('per_call_ms', 0):.1f} ms/call")
+        if fc.get("fib_n") is not None:
+            parts.append(f"C++ fib({fc['fib_n']}) {fc.get('per_call_ms', 0):.1f} ms/call")
+        notes.append("fib: the compared figure is the speedup; C++ uses a larger n so a call "
+                     "takes about as long as Python's fib(24): " + ", ".join(parts))
+    notes.append(f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+                 f"on {os.cpu_count()} CPUs (above ~0.5 the 2-worker figures are disturbed)")
+    notes.append("ratio > 1 means C++ is better (Python/C++ for times, C++/Python for rates). "
+                 "Medians of several runs; the machine is shared, so expect noise.")
+    print()
+    for n in notes:
+        print("note: " + n)
+    if problems:
+        print()
+        for p in problems:
+            print("PROBLEM: " + p)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
