@@ -102,6 +102,12 @@ public:
     }
     void wait() const { slot_->wait(); }
     bool wait(Timeout timeout) const { return slot_->wait_for(timeout); }
+    // The result moved out, for the one owner of a ready result (the blocking map).
+    R take() && {
+        slot_->wait();
+        if (auto e = slot_->error()) std::rethrow_exception(e);
+        if constexpr (!std::is_void_v<R>) return slot_->take_value();
+    }
     bool ready() const { return slot_->ready(); }
     bool successful() const {
         if (!ready()) throw ValueError("AsyncResult.successful: the result is not ready yet; wait() for it first");
@@ -236,22 +242,43 @@ struct MapJob {
     }
 };
 
-template <bool Star, class Fn, class T>
+// A chunk's body: the function, the item count, then the items (as one block of bytes
+// when they are trivially copyable and stored contiguously).
+template <class T, class Fn, class It>
+void put_chunk(ByteWriter& w, const Fn& fn, It first, std::size_t count) {
+    put_callable(w, fn);
+    put(w, static_cast<std::uint32_t>(count));
+    if constexpr (raw_bytes<T> && std::contiguous_iterator<It> && std::is_same_v<std::iter_value_t<It>, T>) {
+        w.write(std::to_address(first), count * sizeof(T));
+    } else {
+        for (std::size_t i = 0; i < count; ++i, ++first) {
+            if constexpr (std::is_same_v<std::remove_cvref_t<std::iter_reference_t<It>>, T>)
+                put(w, *first);
+            else
+                put(w, T(*first));
+        }
+    }
+}
+
+// A chunk of a map over items [first, first + count). The items are read when the chunk
+// is encoded into a worker's ring: from the caller's own range for a blocking map (which
+// drops its unsent chunks before it returns), from a copy the map owns otherwise.
+template <bool Star, class Fn, class T, class It>
 class MapChunkTask final : public Task {
 public:
     using R = chunk_result_t<Star, Fn, T>;
 
-    MapChunkTask(const Fn& fn, std::shared_ptr<const std::vector<T>> input, std::size_t begin, std::size_t count,
+    MapChunkTask(const Fn& fn, It first, std::size_t begin, std::size_t count, std::shared_ptr<const void> input,
                  std::shared_ptr<MapJob<R>> job)
-        : fn_(fn), input_(std::move(input)), begin_(begin), count_(count), job_(std::move(job)) {
+        : fn_(fn), first_(first), begin_(begin), count_(count), input_(std::move(input)), job_(std::move(job)) {
         ByteWriter counter;
-        write(counter);
+        put_chunk<T>(counter, fn_, first_, count_);
         size = counter.written();
     }
     code_address invoker() const override { return address_of_code(&invoke_chunk<Star, Fn, T>); }
     void write_body(std::byte* out) override {
         ByteWriter w(out);
-        write(w);
+        put_chunk<T>(w, fn_, first_, count_);
     }
     void complete(const ResultHeader& h, ByteReader body) override {
         if (job_->slot->done()) return;  // the map already failed
@@ -271,21 +298,13 @@ public:
         job_->chunk_done();
     }
     void fail(std::exception_ptr e) override { job_->slot->set_error(std::move(e)); }
+    const void* job() const noexcept override { return job_.get(); }
 
 private:
-    void write(ByteWriter& w) {
-        put_callable(w, fn_);
-        put(w, static_cast<std::uint32_t>(count_));
-        const T* items = input_->data() + begin_;
-        if constexpr (raw_bytes<T>) {
-            w.write(items, count_ * sizeof(T));
-        } else {
-            for (std::size_t i = 0; i < count_; ++i) put(w, items[i]);
-        }
-    }
     Fn fn_;
-    std::shared_ptr<const std::vector<T>> input_;
+    It first_;
     std::size_t begin_, count_;
+    std::shared_ptr<const void> input_;  // keeps an owned copy of the input alive
     std::shared_ptr<MapJob<R>> job_;
 };
 
@@ -368,24 +387,31 @@ public:
 
     // The next outcome, waiting at most until `deadline`.
     ItemOutcome<R> next(std::optional<std::chrono::steady_clock::time_point> deadline) {
-        // Poll briefly first: results usually come within microseconds.
-        if (arrivals_.load(std::memory_order_acquire) == seen_arrivals_)
-            spin_until([&] { return arrivals_.load(std::memory_order_acquire) != seen_arrivals_; },
-                       SpinPolicy{1000, std::chrono::microseconds(20)});
         std::unique_lock lock(mutex_);
+        bool polled = false;
         for (;;) {
-            seen_arrivals_ = arrivals_.load(std::memory_order_acquire);
-            if (ordered_ ? (!window_items_.empty() && window_items_.front().filled()) : !ready_.empty()) break;
+            if (next_available()) break;
             if (exhausted_ && consumed_ == pulled_) {
                 if (terminated_) std::rethrow_exception(terminated_);
                 if (source_error_) std::rethrow_exception(std::exchange(source_error_, nullptr));
                 throw StopIteration();
             }
             if (terminated_) std::rethrow_exception(terminated_);
+            if (!polled) {
+                // Poll briefly first, without the lock: results usually come within
+                // microseconds, and a sleep/wake pair costs more than that.
+                polled = true;
+                const auto seen = arrivals_.load(std::memory_order_acquire);
+                lock.unlock();
+                spin_until([&] { return arrivals_.load(std::memory_order_acquire) != seen; },
+                           SpinPolicy{200, std::chrono::microseconds(20)});
+                lock.lock();
+                continue;
+            }
             if (!deadline) {
                 cv_.wait(lock);
             } else if (cv_.wait_until(lock, *deadline) == std::cv_status::timeout) {
-                if (ordered_ ? (!window_items_.empty() && window_items_.front().filled()) : !ready_.empty()) break;
+                if (next_available()) break;
                 throw TimeoutError("IMapIterator.next: no result within the timeout");
             }
         }
@@ -420,6 +446,10 @@ public:
     };
 
 private:
+    bool next_available() const {
+        return ordered_ ? (!window_items_.empty() && window_items_.front().filled()) : !ready_.empty();
+    }
+
     void fail_range(std::uint64_t first, std::size_t n, std::exception_ptr e) {
         for (std::size_t i = 0; i < n; ++i) {
             ItemOutcome<R> o;
@@ -443,8 +473,7 @@ private:
     std::uint64_t pulled_ = 0, consumed_ = 0;
     bool exhausted_ = false, cancelled_ = false;
     std::exception_ptr terminated_, source_error_;
-    std::atomic<std::uint64_t> arrivals_{0};
-    std::uint64_t seen_arrivals_ = 0;  // consumer-only
+    std::atomic<std::uint64_t> arrivals_{0};  // a change tells a polling consumer to look
 };
 
 template <bool Star, class Fn, class T>
@@ -490,15 +519,7 @@ public:
     const void* job() const noexcept override { return job_.get(); }
 
 private:
-    void write(ByteWriter& w) {
-        put_callable(w, fn_);
-        put(w, count_);
-        if constexpr (raw_bytes<T>) {
-            w.write(items_.data(), items_.size() * sizeof(T));
-        } else {
-            for (auto& item : items_) put(w, item);
-        }
-    }
+    void write(ByteWriter& w) { put_chunk<T>(w, fn_, items_.begin(), items_.size()); }
     Fn fn_;
     std::vector<T> items_;
     std::uint32_t count_ = 0;
@@ -706,18 +727,26 @@ private:
     template <bool Star, class F, class Range>
     auto run_map(F&& f, Range&& range, std::optional<std::size_t> chunksize) {
         using R = detail::chunk_result_t<Star, detail::stored_callable_t<F>, detail::item_t<Range>>;
+        // The chunks read the caller's range in place (it outlives this call); whatever
+        // happens, none may still be waiting to be encoded when we return.
+        const void* job = nullptr;
         auto result = submit_map<Star>(std::forward<F>(f), std::forward<Range>(range), chunksize,
-                                       detail::value_callback_t<detail::map_value_t<R>>{}, detail::error_callback_t{});
-        return result.get();
+                                       detail::value_callback_t<detail::map_value_t<R>>{}, detail::error_callback_t{},
+                                       &job);
+        result.wait();
+        core_->cancel_pending(job);
+        return std::move(result).take();
     }
 
     template <class T, class Range>
     static std::shared_ptr<const std::vector<T>> materialize(Range&& range) {
         if constexpr (std::is_same_v<std::remove_cvref_t<Range>, std::vector<T>> && !std::is_lvalue_reference_v<Range>) {
             return std::make_shared<const std::vector<T>>(std::move(range));
+        } else if constexpr (std::ranges::forward_range<Range>) {
+            auto common = range | std::views::common;
+            return std::make_shared<const std::vector<T>>(std::ranges::begin(common), std::ranges::end(common));
         } else {
             auto v = std::make_shared<std::vector<T>>();
-            if constexpr (std::ranges::sized_range<Range>) v->reserve(std::ranges::size(range));
             for (auto&& x : range) v->emplace_back(std::forward<decltype(x)>(x));
             return v;
         }
@@ -733,25 +762,39 @@ private:
         return std::max<std::size_t>(1, (n + d - 1) / d);
     }
 
+    // With `borrowed_job`, a sized forward range is read in place and the job's identity
+    // is stored there (the caller then waits, and drops the unsent chunks); otherwise the
+    // map owns a copy of the input, as Python's map_async owns its list.
     template <bool Star, class F, class Range, class CB>
     auto submit_map(F&& f, Range&& range, std::optional<std::size_t> chunksize, CB callback,
-                    detail::error_callback_t error_callback) {
+                    detail::error_callback_t error_callback, const void** borrowed_job = nullptr) {
         using Fn = detail::stored_callable_t<F>;
         using T = detail::item_t<Range>;
         check_map_types<Star, Fn, T>();
         using R = detail::chunk_result_t<Star, Fn, T>;
         check_running(Star ? "starmap" : "map");
-        auto input = materialize<T>(std::forward<Range>(range));
-        const std::size_t n = input->size();
-        const std::size_t size = checked_chunksize(chunksize, n);
-        const std::size_t chunks = (n + size - 1) / size;
-        auto slot = std::make_shared<typename detail::MapJob<R>::Slot>(std::move(callback), std::move(error_callback));
-        auto job = std::make_shared<detail::MapJob<R>>(n, chunks, slot);
-        if (n == 0) slot->set_value();  // Python's map of an empty list is []
         const Fn fn(std::forward<F>(f));
-        for (std::size_t begin = 0; begin < n; begin += size)
-            core_->submit(std::make_unique<detail::MapChunkTask<Star, Fn, T>>(fn, input, begin,
-                                                                              std::min(size, n - begin), job));
+        auto slot = std::make_shared<typename detail::MapJob<R>::Slot>(std::move(callback), std::move(error_callback));
+        auto submit_chunks = [&](auto first, std::size_t n, std::shared_ptr<const void> keep_alive) {
+            const std::size_t size = checked_chunksize(chunksize, n);
+            auto job = std::make_shared<detail::MapJob<R>>(n, (n + size - 1) / size, slot);
+            if (borrowed_job) *borrowed_job = job.get();
+            if (n == 0) slot->set_value();  // Python's map of an empty list is []
+            for (std::size_t begin = 0; begin < n; begin += size) {
+                const std::size_t count = std::min(size, n - begin);
+                core_->submit(std::make_unique<detail::MapChunkTask<Star, Fn, T, decltype(first)>>(
+                    fn, first, begin, count, keep_alive, job));
+                std::advance(first, count);
+            }
+        };
+        if constexpr (std::ranges::forward_range<Range> && std::ranges::sized_range<Range>) {
+            if (borrowed_job) {
+                submit_chunks(std::ranges::begin(range), std::ranges::size(range), nullptr);
+                return MapResult<R>(std::move(slot));
+            }
+        }
+        auto input = materialize<T>(std::forward<Range>(range));
+        submit_chunks(input->begin(), input->size(), input);
         return MapResult<R>(std::move(slot));
     }
 
@@ -765,7 +808,7 @@ private:
         const std::size_t size = chunksize.value_or(1);
         if (size == 0) throw ValueError("Pool.imap: chunksize must be 1 or more");
         // Enough chunks in flight to keep every worker's queue full, and then some.
-        const std::size_t window = std::max<std::size_t>(64, 4 * detail::PoolCore::prefetch * core_->processes()) * size;
+        const std::size_t window = 4 * detail::PoolCore::prefetch * core_->processes() * size;
         auto job = std::make_shared<detail::IMapJob<R>>(core_, ordered, window);
         // The input range: owned when given as an rvalue, referred to when an lvalue
         // (which must then outlive the iteration, as with any view).

@@ -54,7 +54,7 @@ class ByteWriter {
 public:
     explicit ByteWriter(std::byte* out = nullptr) noexcept : out_(out) {}
     void write(const void* data, std::size_t n) noexcept {
-        if (out_) std::memcpy(out_ + written_, data, n);
+        if (out_ && n) std::memcpy(out_ + written_, data, n);
         written_ += n;
     }
     std::size_t written() const noexcept { return written_; }
@@ -68,7 +68,9 @@ class ByteReader {
 public:
     ByteReader() = default;
     explicit ByteReader(std::span<const std::byte> in) noexcept : p_(in.data()), end_(in.data() + in.size()) {}
-    void read(void* data, std::size_t n) { std::memcpy(data, take(n), n); }
+    void read(void* data, std::size_t n) {
+        if (n) std::memcpy(data, take(n), n);
+    }
     const std::byte* take(std::size_t n) {
         if (static_cast<std::size_t>(end_ - p_) < n)
             throw ProcessError("multiprocessing: a message from another process is truncated or corrupt");

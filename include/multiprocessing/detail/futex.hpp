@@ -59,7 +59,7 @@ inline void cpu_relax() noexcept {
 // The machine may have fewer cores than busy threads, so after a short burst of
 // pause-spinning the poller yields its core instead of burning its time slice.
 struct SpinPolicy {
-    int pause_spins = 2000;                                  // ~ a few µs of pause
+    int pause_spins = 200;                     // a few µs of pause
     std::chrono::microseconds yield_for{50};                 // then sched_yield polling
 };
 

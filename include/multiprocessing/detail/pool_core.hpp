@@ -8,7 +8,9 @@
 // `prefetch` tasks queued per worker (one running, the rest ready so the worker never
 // waits for the parent) and the rest in its own pending queue; when a worker runs dry
 // while another still has a task queued behind a running one, the parent takes the
-// queued task back (a CAS on its state word) and gives it to the idle worker.
+// queued task back (a CAS on its state word) and gives it to the idle worker. That
+// makes a deep queue safe: a long task never holds short ones hostage, and small tasks
+// flow without waiting for the parent's result thread to hand out each next one.
 //
 // The pending queue and the per-worker bookkeeping are parent-local and guarded by one
 // mutex, taken once per task (never per map item) and never shared with a worker;
@@ -110,7 +112,7 @@ inline std::string describe_exit(int status) {
 
 class PoolCore : public std::enable_shared_from_this<PoolCore> {
 public:
-    static constexpr std::size_t prefetch = 2;  // tasks queued per worker, the running one included
+    static constexpr std::size_t prefetch = 32;  // tasks queued per worker, the running one included
 
     explicit PoolCore(CoreOptions options) : options_(std::move(options)) {
         const std::size_t n = options_.processes;

@@ -144,6 +144,9 @@ public:
         }
     }
 
+    // Only after ready(), by the result's single owner.
+    auto take_value() { return std::move(*value_); }
+
 private:
     value_callback_t<T> callback_;
     error_callback_t error_callback_;

@@ -25,6 +25,9 @@
 namespace multiprocessing::detail {
 
 inline constexpr std::size_t cache_line = 64;
+// How much of a ring a producer keeps cycling through before it wraps early (see
+// Ring::try_reserve); larger records still use the whole capacity.
+inline constexpr std::uint32_t warm_bytes = 4u << 20;
 
 // The part of a ring that lives in shared memory, before its data bytes.
 struct RingControl {
@@ -93,8 +96,12 @@ public:
         const std::uint32_t need = sizeof(RecordHeader) + padded(size);
         // relaxed: head is only ever written by this (the producing) side.
         std::uint32_t head = c_->head.load(std::memory_order_relaxed);
-        const std::uint32_t to_end = capacity_ - (head & (capacity_ - 1));
-        if (need > to_end) {
+        const std::uint32_t offset = head & (capacity_ - 1);
+        const std::uint32_t to_end = capacity_ - offset;
+        // Wrap early, once past the warm part, when the start of the buffer is free: the
+        // pages already touched are reused instead of faulting in new ones.
+        const bool wrap_early = offset != 0 && offset + need > warm_bytes && has_room(head, to_end + need);
+        if (need > to_end || wrap_early) {
             // Publish a filler up to the end on its own, so that a record of up to the
             // whole capacity fits at offset 0 once the consumer has passed the filler.
             if (!has_room(head, to_end)) return nullptr;
