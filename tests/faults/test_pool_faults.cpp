@@ -180,6 +180,10 @@ void require_worker_lost(F&& call, pid_t pid, const std::string& needle) {
 
 int sqr(int x) { return x * x; }
 pid_t worker_pid() { return ::getpid(); }
+int sleep_seconds_then(int secs) {
+    std::this_thread::sleep_for(std::chrono::seconds(secs));
+    return secs;
+}
 
 // Each dying task first reports its pid on `fd`, then dies its own way.
 int die_by_signal(int fd, int sig) {
@@ -525,7 +529,7 @@ TEST_CASE("Destroying a busy pool returns quickly and leaves no worker", "[fault
 // =====================================================================================
 // Leaks
 
-TEST_CASE("200 pools leak no fd, thread, child or /dev/shm entry", "[faults][pool][leaks]") {
+TEST_CASE("1000 pools leak no fd, thread, child or /dev/shm entry", "[faults][pool][leaks]") {
     {  // warm up whatever the library sets up once
         mp::Pool pool(2);
         CHECK(pool.apply(sqr, 2) == 4);
@@ -536,7 +540,7 @@ TEST_CASE("200 pools leak no fd, thread, child or /dev/shm entry", "[faults][poo
     const auto shm_before = dir_entries("/dev/shm");
     const auto children_before = live_children();
 
-    for (int i = 0; i < 200; ++i) {
+    for (int i = 0; i < 1000; ++i) {
         mp::Pool pool(2);
         REQUIRE(pool.apply(sqr, i) == i * i);
     }
@@ -587,4 +591,18 @@ TEST_CASE("Pools whose workers died leak no fd or /dev/shm entry", "[faults][poo
     CHECK(count_dir("/proc/self/fd") == fds_before);
     auto shm_after = dir_entries("/dev/shm");
     CHECK(shm_after.size() <= shm_before.size());
+}
+
+TEST_CASE("task_timeout kills a worker whose task overruns, fails it with TimeoutError, replaces it",
+          "[faults][pool]") {
+    mp::Pool pool({.processes = 1, .task_timeout = 200ms});
+    const pid_t before = pool.apply(worker_pid);
+    auto slow = pool.apply_async(sleep_seconds_then, 30);
+    auto queued = pool.apply_async(sqr, 9);  // behind the slow one, on the same worker
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK_THROWS_AS(slow.get(10s), mp::TimeoutError);
+    CHECK(std::chrono::steady_clock::now() - t0 < 5s);  // generous: only catches a hang
+    CHECK(queued.get(10s) == 81);
+    CHECK(pool.apply(worker_pid) != before);
+    CHECK(wait_gone(before, 2000ms));
 }

@@ -133,6 +133,7 @@ public:
             w.tasks = Ring(&w.control->tasks, w.task_data, options_.task_ring_bytes);
             w.results = Ring(&w.control->results, w.result_data, options_.result_ring_bytes);
         }
+        max_task_size_ = workers_.front().tasks.max_payload() - sizeof(TaskHeader);
     }
 
     PoolCore(const PoolCore&) = delete;
@@ -160,9 +161,7 @@ public:
     }
 
     std::size_t processes() const noexcept { return workers_.size(); }
-    std::size_t max_task_size() const noexcept {
-        return workers_.front().tasks.max_payload() - sizeof(TaskHeader);
-    }
+    std::size_t max_task_size() const noexcept { return max_task_size_; }
 
     bool accepting() const noexcept { return state_.load(std::memory_order_acquire) == State::running; }
 
@@ -521,6 +520,17 @@ private:
         }
     }
 
+    void reap_all() {
+        for (auto& w : workers_) {
+            if (w.pid <= 0) continue;
+            int status;
+            while (::waitpid(w.pid, &status, 0) < 0 && errno == EINTR) {
+            }
+            std::lock_guard lock(mutex_);  // worker_pids() reads it from other threads
+            w.pid = 0;
+        }
+    }
+
     // After close(): every task is done; ask each worker to exit and reap it.
     void stop_workers() {
         for (auto& w : workers_) {
@@ -529,26 +539,14 @@ private:
             (void)p;
             w.tasks.commit(stop_record);
         }
-        for (auto& w : workers_) {
-            if (w.pid <= 0) continue;
-            int status;
-            while (::waitpid(w.pid, &status, 0) < 0 && errno == EINTR) {
-            }
-            w.pid = 0;
-        }
+        reap_all();
     }
 
     // terminate(): kill every worker now and fail whatever did not finish.
     void shut_down_now() {
         for (auto& w : workers_)
             if (w.pid > 0) ::kill(w.pid, SIGKILL);
-        for (auto& w : workers_) {
-            if (w.pid <= 0) continue;
-            int status;
-            while (::waitpid(w.pid, &status, 0) < 0 && errno == EINTR) {
-            }
-            w.pid = 0;
-        }
+        reap_all();
         std::vector<std::unique_ptr<Task>> unfinished;
         std::vector<std::shared_ptr<TaskSource>> sources;
         {
@@ -571,6 +569,7 @@ private:
     }
 
     CoreOptions options_;
+    std::size_t max_task_size_ = 0;  // fixed at construction: read without the lock
     SharedSegment segment_;
     PoolControl* control_ = nullptr;
 

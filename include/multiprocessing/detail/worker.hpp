@@ -186,9 +186,29 @@ void invoke_chunk(ByteReader& in, std::uint64_t seq, ResultChannel& out) {
         out.write_error(seq, describe_current_exception());
         return;
     }
-    auto run_one = [&](Outcome& o) {
+    // Trivially copyable items sit back to back: one bounds check for the whole block.
+    const std::byte* block = nullptr;
+    if constexpr (raw_bytes<T>) {
         try {
-            T item = get<T>(in);
+            block = in.take(std::size_t(count) * sizeof(T));
+        } catch (...) {
+            out.write_error(seq, describe_current_exception());
+            return;
+        }
+    }
+    auto read_item = [&](std::uint32_t index) -> T {
+        if constexpr (raw_bytes<T>) {
+            alignas(T) unsigned char item[sizeof(T)];
+            std::memcpy(item, block + std::size_t(index) * sizeof(T), sizeof(T));
+            return *std::launder(reinterpret_cast<T*>(item));
+        } else {
+            (void)index;
+            return get<T>(in);
+        }
+    };
+    auto run_one = [&](Outcome& o, std::uint32_t index) {
+        try {
+            T item = read_item(index);
             if constexpr (is_void) {
                 call_item<Star>(*fn, item);
                 o.value.emplace();
@@ -205,7 +225,7 @@ void invoke_chunk(ByteReader& in, std::uint64_t seq, ResultChannel& out) {
         auto* dst = out.reserve(seq, ResultFormat::chunk_values, count, std::size_t(count) * sizeof(R));
         for (; i < count; ++i) {
             try {
-                T item = get<T>(in);
+                T item = read_item(i);
                 const R r = call_item<Star>(*fn, item);
                 std::memcpy(dst + std::size_t(i) * sizeof(R), &r, sizeof(R));
             } catch (...) {
@@ -229,7 +249,7 @@ void invoke_chunk(ByteReader& in, std::uint64_t seq, ResultChannel& out) {
     } else {
         outcomes.resize(count);
     }
-    for (; i < count; ++i) run_one(outcomes[i]);
+    for (; i < count; ++i) run_one(outcomes[i], i);
 
     ByteWriter counter;
     auto put_outcomes = [&](ByteWriter& w) {
