@@ -330,31 +330,46 @@ public:
     void set_puller(Puller p) { pull_ = std::move(p); }
 
     void refill(bool unbounded) override {
-        std::unique_lock lock(mutex_);
-        while (!exhausted_ && (unbounded || pulled_ - consumed_ < window_)) {
-            std::unique_ptr<Task> task;
-            try {
-                task = pull_(*this, pulled_);
-            } catch (...) {
-                // The input itself threw: that ends the iteration with its error.
-                source_error_ = std::current_exception();
-                exhausted_ = true;
-                break;
-            }
-            if (!task) {
-                exhausted_ = true;
-                break;
-            }
-            const std::size_t n = static_cast<const Chunk&>(*task).count();
-            if (ordered_) window_items_.resize(window_items_.size() + n);
-            pulled_ += n;
-            try {
-                core_->submit(std::move(task), /*internal=*/true);
-            } catch (...) {
-                fail_range(pulled_ - n, n, std::current_exception());
+        // Pull under our lock, submit under the pool's: one pool lock for the batch, and
+        // the result thread is not kept from delivering while tasks are encoded.
+        std::vector<std::unique_ptr<Task>> batch;
+        std::uint64_t first = 0;
+        {
+            std::lock_guard lock(mutex_);
+            first = pulled_;
+            while (!exhausted_ && (unbounded || pulled_ - consumed_ < window_)) {
+                std::unique_ptr<Task> task;
+                try {
+                    task = pull_(*this, pulled_);
+                } catch (...) {
+                    // The input itself threw: that ends the iteration with its error.
+                    source_error_ = std::current_exception();
+                    exhausted_ = true;
+                    break;
+                }
+                if (!task) {
+                    exhausted_ = true;
+                    break;
+                }
+                const std::size_t n = static_cast<const Chunk&>(*task).count();
+                if (ordered_) window_items_.resize(window_items_.size() + n);
+                pulled_ += n;
+                batch.push_back(std::move(task));
             }
         }
-        lock.unlock();
+        if (!batch.empty()) {
+            try {
+                core_->submit(batch, /*internal=*/true);
+            } catch (...) {
+                // The pool refused the whole batch (it was terminated): none was taken.
+                std::lock_guard lock(mutex_);
+                for (auto& t : batch) {
+                    const std::size_t n = static_cast<const Chunk&>(*t).count();
+                    fail_range(first, n, std::current_exception());
+                    first += n;
+                }
+            }
+        }
         cv_.notify_all();
     }
 
@@ -424,7 +439,8 @@ public:
             ready_.pop_front();
         }
         ++consumed_;
-        const bool more = !exhausted_ && pulled_ - consumed_ < window_;
+        // Refill in batches, once half the window has been consumed.
+        const bool more = !exhausted_ && pulled_ - consumed_ <= window_ / 2;
         lock.unlock();
         if (more) refill(false);
         return out;

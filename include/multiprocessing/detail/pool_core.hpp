@@ -168,18 +168,29 @@ public:
     // Queues a task for the workers. `internal` submissions come from an imap already
     // accepted before close(); after terminate() nothing is accepted.
     void submit(std::unique_ptr<Task> task, bool internal = false) {
-        if (task->size > max_task_size())
-            throw ValueError("multiprocessing: a task's arguments encode to " + std::to_string(task->size) +
-                             " bytes, more than the pool's task ring holds (" + std::to_string(max_task_size()) +
-                             "); pass large data in pieces or through shared memory");
+        if (task->size > max_task_size()) throw ValueError(too_large_message(*task));
         std::lock_guard lock(mutex_);
-        const State s = state_.load(std::memory_order_relaxed);
-        if (s == State::terminating || (s == State::closed && !internal))
-            throw ValueError(s == State::closed ? "Pool not running: it was closed; no new tasks can be submitted"
-                                                : "Pool not running: it was terminated");
-        task->seq = ++next_seq_;
-        pending_.push_back(std::move(task));
+        check_accepting(internal);
+        enqueue(std::move(task));
         pump();
+    }
+
+    // Queues several under one lock. A refused batch (terminated pool) throws with every
+    // task still in `batch`; a task too large for a ring fails on its own.
+    void submit(std::vector<std::unique_ptr<Task>>& batch, bool internal) {
+        std::vector<std::unique_ptr<Task>> too_large;
+        {
+            std::lock_guard lock(mutex_);
+            check_accepting(internal);
+            for (auto& task : batch) {
+                if (task->size > max_task_size())
+                    too_large.push_back(std::move(task));
+                else
+                    enqueue(std::move(task));
+            }
+            pump();
+        }
+        for (auto& task : too_large) task->fail(std::make_exception_ptr(ValueError(too_large_message(*task))));
     }
 
     void add_source(std::weak_ptr<TaskSource> source) {
@@ -245,6 +256,26 @@ private:
     };
 
     static std::size_t round_up(std::size_t n) { return (n + 4095) & ~std::size_t(4095); }
+
+    std::string too_large_message(const Task& task) const {
+        return "multiprocessing: a task's arguments encode to " + std::to_string(task.size) +
+               " bytes, more than the pool's task ring holds (" + std::to_string(max_task_size()) +
+               "); pass large data in pieces or through shared memory";
+    }
+
+    // mutex_ held.
+    void check_accepting(bool internal) const {
+        const State s = state_.load(std::memory_order_relaxed);
+        if (s == State::terminating || (s == State::closed && !internal))
+            throw ValueError(s == State::closed ? "Pool not running: it was closed; no new tasks can be submitted"
+                                                : "Pool not running: it was terminated");
+    }
+
+    // mutex_ held.
+    void enqueue(std::unique_ptr<Task> task) {
+        task->seq = ++next_seq_;
+        pending_.push_back(std::move(task));
+    }
 
     void poke() noexcept {
         // release: the state change above is visible to the result thread once it sees
