@@ -43,8 +43,14 @@
 #include <variant>
 #include <vector>
 
+#include "support.hpp"
+
 namespace mp = multiprocessing;
 using namespace std::chrono_literals;
+using mp_test::get_int;
+using mp_test::Pipe;
+using mp_test::put_int;
+using mp_test::seconds_since;
 
 namespace ptest {
 // Registered with mp::register_exception in the test that uses it.
@@ -70,69 +76,10 @@ std::string demangle(const char* name) {
     return out;
 }
 
-struct Pipe {
-    int r = -1, w = -1;
-    Pipe() {
-        int fds[2];
-        REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-        r = fds[0];
-        w = fds[1];
-    }
-    ~Pipe() {
-        if (r >= 0) ::close(r);
-        if (w >= 0) ::close(w);
-    }
-    Pipe(const Pipe&) = delete;
-    Pipe& operator=(const Pipe&) = delete;
-    void release(int n = 1) {  // lets n blocked tasks go
-        for (int i = 0; i < n; ++i) {
-            char c = 'g';
-            REQUIRE(::write(w, &c, 1) == 1);
-        }
-    }
-};
-
-void put_int(int fd, std::int64_t v) {
-    const char* p = reinterpret_cast<const char*>(&v);
-    std::size_t n = sizeof v;
-    while (n > 0) {
-        ssize_t k = ::write(fd, p, n);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            return;
-        }
-        p += k;
-        n -= static_cast<std::size_t>(k);
-    }
-}
-
-std::optional<std::int64_t> get_int(int fd, std::chrono::milliseconds timeout = 5000ms) {
-    std::int64_t v = 0;
-    char* p = reinterpret_cast<char*>(&v);
-    std::size_t n = sizeof v;
-    while (n > 0) {
-        pollfd pf{fd, POLLIN, 0};
-        int r = ::poll(&pf, 1, static_cast<int>(timeout.count()));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return std::nullopt;
-        ssize_t k = ::read(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return std::nullopt;
-        p += k;
-        n -= static_cast<std::size_t>(k);
-    }
-    return v;
-}
-
 void wait_byte(int fd) {
     char c;
     while (::read(fd, &c, 1) < 0 && errno == EINTR) {
     }
-}
-
-template <class Clock = std::chrono::steady_clock>
-double seconds_since(typename Clock::time_point t0) {
-    return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 // Runs `call`, expects it to throw exactly E (not a subclass, not RemoteError) with

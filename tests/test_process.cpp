@@ -31,28 +31,20 @@
 #include <thread>
 #include <vector>
 
+#include "support.hpp"
+
 namespace mp = multiprocessing;
 using namespace std::chrono_literals;
+using mp_test::pid_gone;
+using mp_test::Pipe;
+using mp_test::put_bytes;
+using mp_test::put_int;
+using mp_test::wait_gone;
 
 namespace {
 
 // ---------------------------------------------------------------------------------
 // Small POSIX helpers (safe to call in a child).
-
-void put_bytes(int fd, const void* data, std::size_t n) {
-    auto* p = static_cast<const char*>(data);
-    while (n > 0) {
-        ssize_t k = ::write(fd, p, n);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            return;
-        }
-        p += k;
-        n -= static_cast<std::size_t>(k);
-    }
-}
-
-void put_int(int fd, std::int64_t v) { put_bytes(fd, &v, sizeof v); }
 
 void put_str(int fd, const std::string& s) {
     put_int(fd, static_cast<std::int64_t>(s.size()));
@@ -84,6 +76,8 @@ void get_bytes(int fd, void* data, std::size_t n, std::chrono::milliseconds time
     }
 }
 
+// Unlike mp_test::get_int (which returns std::nullopt), this one REQUIREs the value, so
+// that a missing report ends the test; so this file does not import mp_test::get_int.
 std::int64_t get_int(int fd, std::chrono::milliseconds timeout = 5000ms) {
     std::int64_t v = 0;
     get_bytes(fd, &v, sizeof v, timeout);
@@ -98,51 +92,9 @@ std::string get_str(int fd) {
     return s;
 }
 
-struct Pipe {
-    int r = -1, w = -1;
-    Pipe() {
-        int fds[2];
-        REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-        r = fds[0];
-        w = fds[1];
-    }
-    ~Pipe() {
-        if (r >= 0) ::close(r);
-        if (w >= 0) ::close(w);
-    }
-    void close_write() {
-        if (w >= 0) ::close(w);
-        w = -1;
-    }
-    Pipe(const Pipe&) = delete;
-    Pipe& operator=(const Pipe&) = delete;
-};
-
 // pid_t or std::optional<pid_t>: ProcessInfo::pid()'s type is the library's choice.
 pid_t as_pid(pid_t p) { return p; }
 [[maybe_unused]] pid_t as_pid(const std::optional<pid_t>& p) { return p.value_or(-1); }
-
-// Gone: no such process, or a zombie (its exit is final; someone else may reap it).
-bool pid_gone(pid_t pid) {
-    if (::kill(pid, 0) == -1 && errno == ESRCH) return true;
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    if (!stat) return true;
-    std::string line;
-    std::getline(stat, line);
-    auto close_paren = line.rfind(')');
-    if (close_paren == std::string::npos || close_paren + 2 >= line.size()) return true;
-    char state = line[close_paren + 2];
-    return state == 'Z' || state == 'X';
-}
-
-bool wait_gone(pid_t pid, std::chrono::milliseconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-        if (pid_gone(pid)) return true;
-        std::this_thread::sleep_for(10ms);
-    }
-    return pid_gone(pid);
-}
 
 bool in_active_children(pid_t pid) {
     for (const auto& info : mp::active_children())

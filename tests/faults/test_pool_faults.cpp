@@ -32,84 +32,18 @@
 #include <thread>
 #include <vector>
 
+#include "../support.hpp"
+
 namespace mp = multiprocessing;
 using namespace std::chrono_literals;
+using mp_test::get_int;
+using mp_test::pid_gone;
+using mp_test::Pipe;
+using mp_test::put_int;
+using mp_test::seconds_since;
+using mp_test::wait_gone;
 
 namespace {
-
-struct Pipe {
-    int r = -1, w = -1;
-    Pipe() {
-        int fds[2];
-        REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-        r = fds[0];
-        w = fds[1];
-    }
-    ~Pipe() {
-        if (r >= 0) ::close(r);
-        if (w >= 0) ::close(w);
-    }
-    Pipe(const Pipe&) = delete;
-    Pipe& operator=(const Pipe&) = delete;
-};
-
-void put_int(int fd, std::int64_t v) {
-    const char* p = reinterpret_cast<const char*>(&v);
-    std::size_t n = sizeof v;
-    while (n > 0) {
-        ssize_t k = ::write(fd, p, n);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            return;
-        }
-        p += k;
-        n -= static_cast<std::size_t>(k);
-    }
-}
-
-std::optional<std::int64_t> get_int(int fd, std::chrono::milliseconds timeout = 5000ms) {
-    std::int64_t v = 0;
-    char* p = reinterpret_cast<char*>(&v);
-    std::size_t n = sizeof v;
-    while (n > 0) {
-        pollfd pf{fd, POLLIN, 0};
-        int r = ::poll(&pf, 1, static_cast<int>(timeout.count()));
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return std::nullopt;
-        ssize_t k = ::read(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return std::nullopt;
-        p += k;
-        n -= static_cast<std::size_t>(k);
-    }
-    return v;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// Gone: no such process, or a zombie (it has exited; only its parent's wait() is left).
-bool pid_gone(pid_t pid) {
-    if (::kill(pid, 0) == -1 && errno == ESRCH) return true;
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    if (!stat) return true;
-    std::string line;
-    std::getline(stat, line);
-    auto close_paren = line.rfind(')');
-    if (close_paren == std::string::npos || close_paren + 2 >= line.size()) return true;
-    char state = line[close_paren + 2];
-    return state == 'Z' || state == 'X';
-}
-
-bool wait_gone(pid_t pid, std::chrono::milliseconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-        if (pid_gone(pid)) return true;
-        std::this_thread::sleep_for(10ms);
-    }
-    return pid_gone(pid);
-}
 
 std::size_t count_dir(const char* path) {
     std::size_t n = 0;

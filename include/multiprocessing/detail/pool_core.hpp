@@ -146,18 +146,39 @@ public:
 
     // Forks the workers (from the result thread, which lives as long as the pool, so
     // that PR_SET_PDEATHSIG ties them to the pool and not to the caller's thread).
+    // Throws if the workers cannot be started (fork failing, say); the pool is then
+    // already shut down.
     void start() {
         std::promise<void> started;
         auto ready = started.get_future();
         thread_ = std::thread([this, &started] {
-            {
-                std::lock_guard lock(mutex_);
-                for (auto& w : workers_) spawn(w);
+            try {
+                {
+                    std::lock_guard lock(mutex_);
+                    for (auto& w : workers_) spawn(w);
+                }
+            } catch (...) {
+                state_.store(State::terminating, std::memory_order_release);
+                shut_down_now(std::current_exception());
+                started.set_exception(std::current_exception());
+                return;
             }
             started.set_value();
-            result_loop();
+            try {
+                result_loop();
+            } catch (...) {
+                // Nothing in the loop should throw; if it does (a replacement worker that
+                // cannot be forked), every waiter gets the reason instead of a hang.
+                state_.store(State::terminating, std::memory_order_release);
+                shut_down_now(std::current_exception());
+            }
         });
-        ready.wait();
+        try {
+            ready.get();
+        } catch (...) {
+            thread_.join();
+            throw;
+        }
     }
 
     std::size_t processes() const noexcept { return workers_.size(); }
@@ -535,7 +556,9 @@ private:
                 rebalance();
             }
             const State s = state_.load(std::memory_order_acquire);
-            if (s == State::terminating) return shut_down_now();
+            if (s == State::terminating)
+                return shut_down_now(std::make_exception_ptr(
+                    ProcessError("multiprocessing: the pool was terminated before this task completed")));
             const auto now = std::chrono::steady_clock::now();
             bool retiring = false;
             for (auto& w : workers_) retiring |= w.retiring;
@@ -573,8 +596,9 @@ private:
         reap_all();
     }
 
-    // terminate(): kill every worker now and fail whatever did not finish.
-    void shut_down_now() {
+    // terminate() (or a fatal error): kill every worker now and fail whatever did not
+    // finish with `error`.
+    void shut_down_now(std::exception_ptr error) {
         for (auto& w : workers_)
             if (w.pid > 0) ::kill(w.pid, SIGKILL);
         reap_all();
@@ -593,8 +617,6 @@ private:
             sources_.clear();
         }
         in_flight_.store(0, std::memory_order_relaxed);
-        auto error = std::make_exception_ptr(
-            ProcessError("multiprocessing: the pool was terminated before this task completed"));
         for (auto& t : unfinished) t->fail(error);
         for (auto& s : sources) s->terminate(error);
     }

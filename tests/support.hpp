@@ -1,0 +1,128 @@
+// Helpers shared by the test programs (test_pool, test_process, faults/test_pool_faults).
+//
+// Each test file is its own Catch2 program, so these are `inline` and live in namespace
+// mp_test; a file pulls in the ones it uses with using-declarations. Helpers that only
+// one file needs stay in that file.
+#pragma once
+
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <thread>
+
+namespace mp_test {
+
+// A pipe created before start() / before the Pool: forked children inherit it, so it is
+// how a child reports back or how the parent gates a blocked task. Closes both ends on
+// scope exit so that a failing test leaks no fds (the fault tests count them).
+struct Pipe {
+    int r = -1, w = -1;
+    Pipe() {
+        int fds[2];
+        REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+        r = fds[0];
+        w = fds[1];
+    }
+    ~Pipe() {
+        if (r >= 0) ::close(r);
+        if (w >= 0) ::close(w);
+    }
+    Pipe(const Pipe&) = delete;
+    Pipe& operator=(const Pipe&) = delete;
+    // Lets n tasks blocked on reading one byte from `r` go (parent side only).
+    void release(int n = 1) {
+        for (int i = 0; i < n; ++i) {
+            char c = 'g';
+            REQUIRE(::write(w, &c, 1) == 1);
+        }
+    }
+    // Closes the parent's write end so that readers see EOF once the children's copies go.
+    void close_write() {
+        if (w >= 0) ::close(w);
+        w = -1;
+    }
+};
+
+// Writes all n bytes, retrying on EINTR and short writes. Plain POSIX, no Catch2 macro:
+// safe to call in a forked child.
+inline void put_bytes(int fd, const void* data, std::size_t n) {
+    auto* p = static_cast<const char*>(data);
+    while (n > 0) {
+        ssize_t k = ::write(fd, p, n);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        p += k;
+        n -= static_cast<std::size_t>(k);
+    }
+}
+
+// How a child (or a pool task) reports a number to the parent; safe in a child.
+inline void put_int(int fd, std::int64_t v) { put_bytes(fd, &v, sizeof v); }
+
+// Parent side: reads one put_int() value, or std::nullopt on EOF or when nothing arrives
+// within `timeout` (per poll), so that a dead or stuck child fails a check, not hangs.
+inline std::optional<std::int64_t> get_int(
+    int fd, std::chrono::milliseconds timeout = std::chrono::milliseconds(5000)) {
+    std::int64_t v = 0;
+    char* p = reinterpret_cast<char*>(&v);
+    std::size_t n = sizeof v;
+    while (n > 0) {
+        pollfd pf{fd, POLLIN, 0};
+        int r = ::poll(&pf, 1, static_cast<int>(timeout.count()));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return std::nullopt;
+        ssize_t k = ::read(fd, p, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return std::nullopt;
+        p += k;
+        n -= static_cast<std::size_t>(k);
+    }
+    return v;
+}
+
+// Elapsed seconds since t0, for the "finished within N s" / "took at least N s" checks.
+template <class Clock = std::chrono::steady_clock>
+double seconds_since(typename Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Gone: no such process, or a zombie (it has exited and its exit is final; only a wait()
+// is left, which someone else may do). Used to check that a child or worker really died.
+inline bool pid_gone(pid_t pid) {
+    if (::kill(pid, 0) == -1 && errno == ESRCH) return true;
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    if (!stat) return true;
+    std::string line;
+    std::getline(stat, line);
+    auto close_paren = line.rfind(')');
+    if (close_paren == std::string::npos || close_paren + 2 >= line.size()) return true;
+    char state = line[close_paren + 2];
+    return state == 'Z' || state == 'X';
+}
+
+// Polls pid_gone() every 10 ms until it holds or `timeout` passes: deaths are
+// asynchronous, and a test must fail rather than hang when one does not happen.
+inline bool wait_gone(pid_t pid, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (pid_gone(pid)) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return pid_gone(pid);
+}
+
+}  // namespace mp_test
