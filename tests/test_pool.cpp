@@ -1139,3 +1139,49 @@ TEST_CASE("Lambdas with trivially copyable captures", "[pool]") {
     std::vector<std::tuple<int, int>> t{{1, 2}, {3, 4}};
     CHECK(pool.starmap([k](int a, int b) { return (a + b) * k; }, t) == std::vector<int>{9, 21});
 }
+
+// =====================================================================================
+// Messages larger than a worker's ring (32 MiB): a clear error, and the pool goes on
+
+namespace {
+std::size_t byte_count(const std::vector<char>& v) { return v.size(); }
+std::string huge_string(std::size_t n) { return std::string(n, 'x'); }
+}  // namespace
+
+TEST_CASE("An argument too large for the task ring is a ValueError that says so", "[pool]") {
+    mp::Pool pool(2);
+    std::vector<char> big(40u << 20, 'a');
+    try {
+        pool.apply_async(byte_count, big);
+        FAIL("expected mp::ValueError");
+    } catch (const mp::ValueError& e) {
+        CHECK_THAT(e.what(), Catch::Contains("task ring"));
+    }
+    std::vector<std::vector<char>> items{std::vector<char>(10, 'b'), big};
+    CHECK_THROWS_AS(pool.map(byte_count, items, {.chunksize = 1}), mp::ValueError);
+    CHECK(pool.apply(sqr, 6) == 36);
+}
+
+TEST_CASE("A result too large for the result ring fails only that task", "[pool]") {
+    mp::Pool pool(1);
+    auto r = pool.apply_async(huge_string, std::size_t(40u << 20));
+    try {
+        r.get(10s);
+        FAIL("expected mp::ProcessError");
+    } catch (const mp::WorkerLostError&) {
+        FAIL("the worker must not die for it");
+    } catch (const mp::ProcessError& e) {
+        CHECK_THAT(e.what(), Catch::Contains("too large"));
+    }
+    CHECK(pool.apply(huge_string, std::size_t(1000)).size() == 1000);
+}
+
+TEST_CASE("join(timeout) returns false while a task runs, true once the workers exited", "[pool]") {
+    mp::Pool pool(1);
+    auto r = pool.apply_async(sleepy_sqr, 7, 300);
+    pool.close();
+    CHECK_FALSE(pool.join(50ms));
+    CHECK(pool.join(10s));
+    CHECK(r.get(1s) == 49);
+    CHECK(pool.join(0s));  // already joined: immediately true
+}

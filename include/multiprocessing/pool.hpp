@@ -716,6 +716,11 @@ public:
     void close() { core_->close(); }
     void terminate() { core_->terminate(); }
     void join() { core_->join(); }
+    // Not in Python: every blocking call here has a timed form. True once the workers
+    // have exited; false if `timeout` ran out first (call again, or terminate()).
+    bool join(Timeout timeout) {
+        return core_->join(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+    }
 
     // The pids of the current workers (not in Python's API; handy for tests and tools).
     std::vector<pid_t> worker_pids() const { return core_->worker_pids(); }
@@ -796,11 +801,18 @@ private:
             auto job = std::make_shared<detail::MapJob<R>>(n, (n + size - 1) / size, slot);
             if (borrowed_job) *borrowed_job = job.get();
             if (n == 0) slot->set_value();  // Python's map of an empty list is []
-            for (std::size_t begin = 0; begin < n; begin += size) {
-                const std::size_t count = std::min(size, n - begin);
-                core_->submit(std::make_unique<detail::MapChunkTask<Star, Fn, T, decltype(first)>>(
-                    fn, first, begin, count, keep_alive, job));
-                std::advance(first, count);
+            try {
+                for (std::size_t begin = 0; begin < n; begin += size) {
+                    const std::size_t count = std::min(size, n - begin);
+                    core_->submit(std::make_unique<detail::MapChunkTask<Star, Fn, T, decltype(first)>>(
+                        fn, first, begin, count, keep_alive, job));
+                    std::advance(first, count);
+                }
+            } catch (...) {
+                // A chunk was refused (too large, pool closed meanwhile): none of this map's
+                // chunks may still read the caller's range after we return.
+                core_->cancel_pending(job.get());
+                throw;
             }
         };
         if constexpr (std::ranges::forward_range<Range> && std::ranges::sized_range<Range>) {

@@ -172,6 +172,9 @@ public:
                 state_.store(State::terminating, std::memory_order_release);
                 shut_down_now(std::current_exception());
             }
+            // release: what the loop did (workers reaped) is visible to a timed join.
+            finished_.store(1, std::memory_order_release);
+            futex_wake(finished_);
         });
         try {
             ready.get();
@@ -244,13 +247,24 @@ public:
         poke();
     }
 
-    // Waits until the workers have exited. ValueError while the pool is still running.
-    void join() {
+    // Waits until the workers have exited, at most `timeout` (none: no limit); returns
+    // whether they have. ValueError while the pool is still running.
+    bool join(std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
         if (state_.load(std::memory_order_acquire) == State::running)
             throw ValueError("Pool.join: call close() or terminate() before join()");
         joining_.store(true, std::memory_order_release);
         poke();
+        if (timeout) {
+            const auto deadline = std::chrono::steady_clock::now() + *timeout;
+            // acquire: pairs with the release store when the result thread finishes.
+            while (!finished_.load(std::memory_order_acquire)) {
+                const auto left = deadline - std::chrono::steady_clock::now();
+                if (left.count() <= 0) return false;
+                futex_wait(finished_, 0, left);
+            }
+        }
         join_thread();
+        return true;
     }
 
     std::vector<pid_t> worker_pids() {
@@ -635,6 +649,7 @@ private:
 
     std::atomic<State> state_{State::running};
     std::atomic<bool> joining_{false};
+    std::atomic<std::uint32_t> finished_{0};  // the result thread is done (a futex word)
     std::atomic<std::size_t> in_flight_{0};  // tasks in workers' rings; a polling hint only
     std::thread thread_;
     std::mutex join_mutex_;

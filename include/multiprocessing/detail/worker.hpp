@@ -319,7 +319,13 @@ inline int worker_main(WorkerEnv env) {
         // relaxed: a hint for task_timeout, read by the parent's periodic check only.
         env.control->task_started_ns.store(monotonic_ns(), std::memory_order_relaxed);
         ByteReader in(record->payload.subspan(sizeof(TaskHeader)));
-        code_at<Invoker>(header->invoker)(in, header->seq, out);
+        try {
+            code_at<Invoker>(header->invoker)(in, header->seq, out);
+        } catch (...) {
+            // An invoker only throws before it commits (a result too large for the ring,
+            // say): the task still gets exactly one result, its error.
+            out.write_error(header->seq, describe_current_exception());
+        }
         env.control->task_started_ns.store(0, std::memory_order_relaxed);
         env.tasks.release();
         if (env.maxtasks && ++done >= env.maxtasks) {
