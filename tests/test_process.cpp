@@ -5,6 +5,8 @@
 // method is fork, so the child inherits it) or by its exit code. Children only use plain
 // POSIX calls: no Catch2 macro ever runs in a child.
 #include <catch2/catch.hpp>
+
+#include <filesystem>
 #include <multiprocessing.hpp>
 
 #include <cxxabi.h>
@@ -687,4 +689,26 @@ TEST_CASE("Process under every start method", "[process][context]") {
         REQUIRE(bad.join(10s));
         CHECK(bad.exitcode() == std::optional<int>(1));
     }
+}
+
+TEST_CASE("Joined processes leave no fd behind (200 start/join cycles)", "[process][leaks]") {
+    auto open_fds = [] {
+        std::size_t n = 0;
+        for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+        return n;
+    };
+    {
+        mp::Process warm([] {});
+        warm.start();
+        warm.join();
+    }
+    const std::size_t before = open_fds();
+    for (int i = 0; i < 200; ++i) {
+        mp::Process p([](int code) { std::_Exit(code); }, i % 3);
+        p.start();
+        p.join();
+        REQUIRE(p.exitcode() == i % 3);
+    }
+    CHECK(open_fds() == before);
+    CHECK(mp::active_children().empty());
 }

@@ -68,11 +68,14 @@ public:
     void join() {
         check_started("join");
         child_->wait(std::nullopt);
+        detail::forget_child(child_.get());
     }
     // Waits at most `timeout`; returns whether the process has exited.
     bool join(Timeout timeout) {
         check_started("join");
-        return child_->wait(timeout.count());
+        if (!child_->wait(timeout.count())) return false;
+        detail::forget_child(child_.get());
+        return true;
     }
 
     bool is_alive() {
@@ -90,6 +93,7 @@ public:
         if (child_ && !child_->poll_exitcode())
             throw ValueError("Process.close: cannot close a process while it is still running; "
                              "join() or terminate() it first");
+        if (child_) detail::forget_child(child_.get());
         child_.reset();
         closed_ = true;
     }

@@ -165,6 +165,13 @@ inline void register_child(std::shared_ptr<ChildRecord> child) {
     st.children.push_back(std::move(child));
 }
 
+// A joined child needs no joining at exit (Python's join discards it from _children).
+inline void forget_child(const ChildRecord* child) {
+    auto& st = process_state();
+    std::lock_guard lock(st.mutex);
+    std::erase_if(st.children, [&](const auto& c) { return c.get() == child; });
+}
+
 // Right after fork(), in the child: it is now `name`, its parent is the old current
 // process, and it has no children yet.
 inline void become_child(std::string name, bool daemon, std::vector<int> identity) {
