@@ -1,0 +1,27 @@
+# Installs the library into a scratch prefix (or not, for FetchContent), builds the
+# consumer project against it and runs it: the ways API.md says the target is used.
+set(work ${BINARY_DIR}/cmake_consumer_${MODE})
+file(REMOVE_RECURSE ${work})
+if(MODE STREQUAL "find_package")
+  execute_process(COMMAND ${CMAKE_COMMAND} --install ${BINARY_DIR} --prefix ${work}/prefix
+                  RESULT_VARIABLE rc)
+  if(rc)
+    message(FATAL_ERROR "cmake --install failed")
+  endif()
+  set(extra -DCMAKE_PREFIX_PATH=${work}/prefix)
+else()
+  set(extra -DUSE_FETCHCONTENT=ON)
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/cmake_consumer -B ${work}/build
+                        -DMP_SOURCE_DIR=${SOURCE_DIR} ${extra} RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "configuring the consumer failed")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${work}/build RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "building the consumer failed")
+endif()
+execute_process(COMMAND ${work}/build/consumer RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "the consumer ran and failed")
+endif()
