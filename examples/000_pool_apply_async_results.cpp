@@ -22,17 +22,10 @@
 #include <thread>
 #include <vector>
 
+#include "check.hpp"
+
 namespace mp = multiprocessing;
 using namespace std::chrono_literals;
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,        \
-                         __LINE__, #cond);                                     \
-            return 1;                                                          \
-        }                                                                      \
-    } while (0)
 
 std::string func(std::string msg) {                 // def func(msg):
     for (int i = 0; i < 3; ++i) {                   //     for i in xrange(3):

@@ -20,17 +20,10 @@
 #include <tuple>
 #include <vector>
 
+#include "check.hpp"
+
 namespace mp = multiprocessing;
 using namespace std::chrono_literals;
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,        \
-                         __LINE__, #cond);                                     \
-            return 1;                                                          \
-        }                                                                      \
-    } while (0)
 
 int f(int x) {
     return x * x;

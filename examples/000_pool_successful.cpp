@@ -22,17 +22,10 @@
 #include <optional>
 #include <thread>
 
+#include "check.hpp"
+
 namespace mp = multiprocessing;
 using namespace std::chrono_literals;
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,        \
-                         __LINE__, #cond);                                     \
-            return 1;                                                          \
-        }                                                                      \
-    } while (0)
 
 void f(int x) {                                     // def f(x):
     for (int i = 0; i < 10; ++i) {                  //     for i in range(10):

@@ -22,17 +22,10 @@
 #include <string>
 #include <thread>
 
+#include "check.hpp"
+
 namespace mp = multiprocessing;
 using namespace std::chrono_literals;
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,        \
-                         __LINE__, #cond);                                     \
-            return 1;                                                          \
-        }                                                                      \
-    } while (0)
 
 void sleeper(std::string name, double seconds) {    // def sleeper(name, seconds):
     std::printf("Process ID# %d\n", static_cast<int>(::getpid()));          // print "Process ID# %s" % (os.getpid())

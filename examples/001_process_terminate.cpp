@@ -12,17 +12,10 @@
 #include <cstdio>
 #include <thread>
 
+#include "check.hpp"
+
 namespace mp = multiprocessing;
 using namespace std::chrono_literals;
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,        \
-                         __LINE__, #cond);                                     \
-            return 1;                                                          \
-        }                                                                      \
-    } while (0)
 
 void sleep_seconds(double seconds) {                // time.sleep
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));

@@ -24,16 +24,9 @@
 #include <deque>
 #include <vector>
 
-namespace mp = multiprocessing;
+#include "check.hpp"
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,        \
-                         __LINE__, #cond);                                     \
-            return 1;                                                          \
-        }                                                                      \
-    } while (0)
+namespace mp = multiprocessing;
 
 constexpr int N = 33;
 constexpr long FIB_N = 3524578;                     // fib(33)

@@ -18,17 +18,10 @@
 #include <thread>
 #include <vector>
 
+#include "check.hpp"
+
 namespace mp = multiprocessing;
 using namespace std::chrono_literals;
-
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,        \
-                         __LINE__, #cond);                                     \
-            return 1;                                                          \
-        }                                                                      \
-    } while (0)
 
 void process_func(int process_id) {                 // def process_func(process_id):
     std::printf("process id %d\n", process_id);     //     print("process id %d" %process_id)

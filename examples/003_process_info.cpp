@@ -23,16 +23,9 @@
 #include <stdexcept>
 #include <string>
 
-namespace mp = multiprocessing;
+#include "check.hpp"
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,        \
-                         __LINE__, #cond);                                     \
-            return 1;                                                          \
-        }                                                                      \
-    } while (0)
+namespace mp = multiprocessing;
 
 void info(const std::string& title) {              // def info(title):
     std::printf("%s\n", title.c_str());             //     print(title)

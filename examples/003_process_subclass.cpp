@@ -23,16 +23,9 @@
 #include <stdexcept>
 #include <string>
 
-namespace mp = multiprocessing;
+#include "check.hpp"
 
-#define CHECK(cond)                                                            \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,        \
-                         __LINE__, #cond);                                     \
-            return 1;                                                          \
-        }                                                                      \
-    } while (0)
+namespace mp = multiprocessing;
 
 struct MyProcess : mp::Process {                    // class MyProcess(Process):
     pid_t creator = ::getpid();                     // (for the check in run())
