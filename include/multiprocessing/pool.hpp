@@ -138,9 +138,20 @@ inline std::exception_ptr rebuild(ByteReader& body) {
 }
 inline std::exception_ptr rebuild(ByteReader&& body) { return rebuild(body); }
 
+// What f(args...) gives, decayed. Not invocable: void, so that the caller's static_assert
+// (with its message) reports the mistake rather than a failed overload resolution.
 template <class Fn, class... A>
-using apply_result_t = std::conditional_t<std::is_void_v<std::invoke_result_t<Fn&, A&...>>, void,
-                                          std::decay_t<std::invoke_result_t<Fn&, A&...>>>;
+struct apply_result {
+    using type = void;
+};
+template <class Fn, class... A>
+    requires std::is_invocable_v<Fn&, A&...>
+struct apply_result<Fn, A...> {
+    using type = std::conditional_t<std::is_void_v<std::invoke_result_t<Fn&, A&...>>, void,
+                                    std::decay_t<std::invoke_result_t<Fn&, A&...>>>;
+};
+template <class Fn, class... A>
+using apply_result_t = typename apply_result<Fn, A...>::type;
 
 template <class Range>
 using item_t = stored_arg_t<std::ranges::range_value_t<Range>>;
@@ -659,7 +670,7 @@ public:
     auto apply_async(F&& f, Args&&... args) {
         using Fn = detail::stored_callable_t<F>;
         using Tuple = std::tuple<detail::stored_arg_t<Args>...>;
-        return submit_apply(Fn(std::forward<F>(f)), Tuple(std::forward<Args>(args)...), detail::value_callback_t<detail::apply_result_t<Fn, detail::stored_arg_t<Args>...>>{}, detail::error_callback_t{});
+        return submit_apply(Fn(std::forward<F>(f)), Tuple(std::forward<Args>(args)...));
     }
 
     // The form that takes callbacks: the arguments come as one tuple.
@@ -668,8 +679,7 @@ public:
                      ApplyOptions<detail::apply_result_t<detail::stored_callable_t<F>, detail::stored_arg_t<Args>...>> options) {
         using Fn = detail::stored_callable_t<F>;
         using Tuple = std::tuple<detail::stored_arg_t<Args>...>;
-        return submit_apply(Fn(std::forward<F>(f)), Tuple(std::move(args)), std::move(options.callback),
-                                std::move(options.error_callback));
+        return submit_apply(Fn(std::forward<F>(f)), Tuple(std::move(args)), std::move(options));
     }
 
     // ---- map / starmap ----
@@ -731,8 +741,8 @@ private:
             throw ValueError(std::string("Pool.") + what + ": Pool not running (it was closed or terminated)");
     }
 
-    template <class Fn, class... A, class CB, class ECB>
-    auto submit_apply(Fn fn, std::tuple<A...> args, CB callback, ECB error_callback) {
+    template <class Fn, class... A>
+    auto submit_apply(Fn fn, std::tuple<A...> args, ApplyOptions<detail::apply_result_t<Fn, A...>> options = {}) {
         detail::require_transferable_callable<Fn>();
         (detail::require_transferable<A>(), ...);
         static_assert(std::is_invocable_v<Fn&, A&...>, "Pool.apply: the function cannot be called with these arguments");
@@ -740,7 +750,8 @@ private:
         using Result = typename Task::Result;
         if constexpr (!std::is_void_v<Result>) detail::require_transferable<Result>();
         check_running("apply_async");
-        auto slot = std::make_shared<detail::ResultSlot<Result>>(std::move(callback), std::move(error_callback));
+        auto slot = std::make_shared<detail::ResultSlot<Result>>(std::move(options.callback),
+                                                                 std::move(options.error_callback));
         core_->submit(std::make_unique<Task>(std::move(fn), std::move(args), slot));
         return AsyncResult<Result>(std::move(slot));
     }
