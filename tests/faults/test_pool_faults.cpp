@@ -45,6 +45,20 @@ using mp_test::wait_gone;
 
 namespace {
 
+// Every pid in `pids` must be gone within `timeout` (each checked on its own).
+void check_all_gone(const std::set<pid_t>& pids, std::chrono::milliseconds timeout) {
+    for (pid_t w : pids) {
+        INFO("worker " << w);
+        CHECK(wait_gone(w, timeout));
+    }
+}
+
+// A failing test must not leave workers behind for the tests after it.
+void kill_leftovers(const std::set<pid_t>& pids) {
+    for (pid_t w : pids)
+        if (!pid_gone(w)) ::kill(w, SIGKILL);
+}
+
 std::size_t count_dir(const char* path) {
     std::size_t n = 0;
     DIR* d = ::opendir(path);
@@ -180,12 +194,8 @@ TEST_CASE("A SIGKILLed parent leaves no idle worker behind", "[faults][pool]") {
     int status = 0;
     ::waitpid(helper, &status, 0);
     REQUIRE(workers.size() == 2);
-    for (pid_t w : workers) {
-        INFO("worker " << w);
-        CHECK(wait_gone(w, 3000ms));
-    }
-    for (pid_t w : workers)
-        if (!pid_gone(w)) ::kill(w, SIGKILL);  // don't leave them behind on failure
+    check_all_gone(workers, 3000ms);
+    kill_leftovers(workers);
 }
 
 TEST_CASE("A SIGKILLed parent leaves no busy worker behind", "[faults][pool]") {
@@ -216,12 +226,8 @@ TEST_CASE("A SIGKILLed parent leaves no busy worker behind", "[faults][pool]") {
     REQUIRE(workers.size() == 2);
     REQUIRE(busy.has_value());
     CHECK(workers.count(static_cast<pid_t>(*busy)) == 1);
-    for (pid_t w : workers) {
-        INFO("worker " << w);
-        CHECK(wait_gone(w, 3000ms));
-    }
-    for (pid_t w : workers)
-        if (!pid_gone(w)) ::kill(w, SIGKILL);
+    check_all_gone(workers, 3000ms);
+    kill_leftovers(workers);
 }
 
 // =====================================================================================
@@ -420,10 +426,7 @@ TEST_CASE("terminate() on a busy pool returns quickly and leaves no worker",
     CHECK(seconds_since(t0) < 5.0);
     pool.join();
     CHECK(seconds_since(t0) < 5.0);
-    for (pid_t w : workers) {
-        INFO("worker " << w);
-        CHECK(wait_gone(w, 2000ms));
-    }
+    check_all_gone(workers, 2000ms);
     t0 = std::chrono::steady_clock::now();
     try {
         r.get(5s);
@@ -433,8 +436,7 @@ TEST_CASE("terminate() on a busy pool returns quickly and leaves no worker",
     } catch (const mp::ProcessError&) {
     }
     CHECK(seconds_since(t0) < 2.0);
-    for (pid_t w : workers)
-        if (!pid_gone(w)) ::kill(w, SIGKILL);
+    kill_leftovers(workers);
 }
 
 TEST_CASE("Destroying a busy pool returns quickly and leaves no worker", "[faults][pool]") {
@@ -452,12 +454,8 @@ TEST_CASE("Destroying a busy pool returns quickly and leaves no worker", "[fault
     }
     CHECK(seconds_since(t0) < 5.0);
     REQUIRE_FALSE(workers.empty());
-    for (pid_t w : workers) {
-        INFO("worker " << w);
-        CHECK(wait_gone(w, 2000ms));
-    }
-    for (pid_t w : workers)
-        if (!pid_gone(w)) ::kill(w, SIGKILL);
+    check_all_gone(workers, 2000ms);
+    kill_leftovers(workers);
 }
 
 // =====================================================================================
