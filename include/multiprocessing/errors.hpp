@@ -2,7 +2,9 @@
 #pragma once
 
 #include <stdexcept>
+#include <cstddef>
 #include <string>
+#include <vector>
 
 namespace multiprocessing {
 
@@ -28,6 +30,13 @@ public:
 class BufferTooShort : public ProcessError {
 public:
     using ProcessError::ProcessError;
+    BufferTooShort(const std::string& what, std::vector<std::byte> message)
+        : ProcessError(what), message_(std::move(message)) {}
+    // The whole message that did not fit (Python's e.args[0]); it has been consumed.
+    const std::vector<std::byte>& message() const noexcept { return message_; }
+
+private:
+    std::vector<std::byte> message_;
 };
 
 // A worker threw a type that cannot be rebuilt here.

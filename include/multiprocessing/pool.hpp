@@ -33,17 +33,23 @@ namespace multiprocessing {
 
 namespace detail {
 
-// What a pool's initializer is: any callable a task may be, taking no arguments (a
-// lambda carries Python's initargs as captures).
+// What a pool's initializer is: any callable a task may be, with Python's initargs
+// after it: `.initializer = {init, queue}` is `initializer=init, initargs=(queue,)`.
+// Like Process arguments, initargs may be shared handles (a Queue, a Lock, a Value).
 class Initializer {
 public:
     Initializer() = default;
-    template <class F>
-        requires(!std::is_same_v<std::decay_t<F>, Initializer> && std::is_invocable_v<std::decay_t<F>&>)
-    Initializer(F&& f) {  // NOLINT: converting, so that `.initializer = init` reads as in Python
+    template <class F, class... Args>
+        requires(!std::is_same_v<std::decay_t<F>, Initializer> &&
+                 std::is_invocable_v<stored_callable_t<F>&, stored_arg_t<Args>&...>)
+    Initializer(F&& f, Args&&... initargs) {  // NOLINT: converting, so `.initializer = init` reads as in Python
         using Fn = stored_callable_t<F>;
         require_transferable_callable<Fn>();
-        fn_ = [f = Fn(std::forward<F>(f))]() mutable { std::invoke(f); };
+        (require_process_argument<stored_arg_t<Args>>(), ...);
+        fn_ = [f = Fn(std::forward<F>(f)),
+               stored = std::tuple<stored_arg_t<Args>...>(std::forward<Args>(initargs)...)]() mutable {
+            std::apply([&](auto&... a) { std::invoke(f, a...); }, stored);
+        };
     }
     explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
     const std::function<void()>& function() const noexcept { return fn_; }

@@ -33,7 +33,7 @@ public:
     explicit Process(F&& target, Args&&... args) : Process(Unnamed{}) {
         using Fn = detail::stored_callable_t<F>;
         detail::require_transferable_callable<Fn>();
-        (detail::require_transferable<detail::stored_arg_t<Args>>(), ...);
+        (detail::require_process_argument<detail::stored_arg_t<Args>>(), ...);
         static_assert(std::is_invocable_v<Fn&, detail::stored_arg_t<Args>&...>,
                       "multiprocessing::Process: the target cannot be called with these arguments");
         target_ = [fn = Fn(std::forward<F>(target)),

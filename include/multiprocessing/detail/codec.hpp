@@ -173,8 +173,16 @@ template <class T>
 concept cereal_serializable = cereal::traits::is_output_serializable<T, OutArchive>::value &&
                               cereal::traits::is_input_serializable<T, InArchive>::value;
 
+// Queues, locks, pipes, shared values: handles to an object that lives in shared memory
+// (API.md, "Shared objects are handles"). They reach another process by inheritance or
+// as a Process argument, never inside a message, as in Python ("Queue objects should
+// only be shared between processes through inheritance").
 template <class T>
-concept transferable = !std::is_pointer_v<T> && (raw_bytes<T> || cereal_serializable<T>);
+concept process_shared_handle = requires { requires T::is_process_shared_handle; };
+
+template <class T>
+concept transferable =
+    !std::is_pointer_v<T> && !process_shared_handle<T> && (raw_bytes<T> || cereal_serializable<T>);
 
 template <class T>
 inline constexpr bool dependent_false = false;
@@ -183,11 +191,15 @@ inline constexpr bool dependent_false = false;
 // boundary<T>" line names the offending type, and the message says what to do.
 template <class T>
 struct cannot_cross_process_boundary {
-    static_assert(!std::is_pointer_v<T>,
+    static_assert(!process_shared_handle<T>,
+                  "multiprocessing: a Queue, Lock, Pipe end, Value or other shared handle cannot be sent "
+                  "inside a message or a task argument. Give it to the child as a Process argument (or a "
+                  "Pool initializer argument), or create it before start() so the child inherits it.");
+    static_assert(!std::is_pointer_v<T> || process_shared_handle<T>,
                   "multiprocessing: a raw pointer cannot cross a process boundary (the other process has "
                   "its own memory). Pass the value itself: a std::string instead of a char*, a "
                   "std::vector instead of a pointer and a length.");
-    static_assert(std::is_pointer_v<T> || dependent_false<T>,
+    static_assert(std::is_pointer_v<T> || process_shared_handle<T> || dependent_false<T>,
                   "multiprocessing: this type cannot cross a process boundary: it is not trivially "
                   "copyable and has no cereal serialization. Fix: give it a member "
                   "`template <class Archive> void serialize(Archive& ar) { ar(field1, field2); }` "
@@ -197,6 +209,13 @@ struct cannot_cross_process_boundary {
 template <class T>
 constexpr void require_transferable() {
     if constexpr (!transferable<T>) (void)sizeof(cannot_cross_process_boundary<T>);
+}
+
+// What a Process (or a Pool initializer) may take as an argument: a value that can
+// cross, or a shared handle, which the child gets as the same shared object.
+template <class T>
+constexpr void require_process_argument() {
+    if constexpr (!process_shared_handle<T>) require_transferable<T>();
 }
 
 // ---- encode / decode ------------------------------------------------------------------

@@ -1,0 +1,361 @@
+// Python's multiprocessing.synchronize: Lock, RLock, Semaphore, BoundedSemaphore,
+// Condition, Event, Barrier. All are process-shared handles: copies, in this process or
+// in a child (by inheritance or as a Process argument), are the same object.
+//
+// A holder that dies is not a deadlock: the next acquire() (after at most 100 ms of
+// waiting) takes over the lock, or the semaphore units, the dead process held. The lock
+// is then held by the new owner as if the dead one had released it; whatever data the
+// lock protected may be half-updated, exactly as the dead process left it.
+#pragma once
+
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+
+#include "context.hpp"
+#include "detail/shared_object.hpp"
+#include "detail/sync.hpp"
+#include "errors.hpp"
+
+namespace multiprocessing {
+
+namespace detail {
+
+// acquire(), acquire(block), acquire(timeout), acquire(block, timeout), and the
+// Lockable / TimedLockable names std::lock_guard and std::unique_lock use, for every
+// lock-like class, from its `bool acquire_until(const Deadline&)`.
+template <class Self>
+class Acquirable {
+public:
+    bool acquire(bool block = true) { return self().acquire_until(block ? Deadline{} : Deadline::now()); }
+    bool acquire(Timeout timeout) { return self().acquire_until(Deadline(timeout)); }
+    // Python's acquire(block, timeout): the timeout only counts when blocking.
+    bool acquire(bool block, Timeout timeout) { return block ? acquire(timeout) : acquire(false); }
+
+    void lock() { acquire(); }
+    bool try_lock() { return acquire(false); }
+    template <class Rep, class Period>
+    bool try_lock_for(std::chrono::duration<Rep, Period> d) {
+        return acquire(std::chrono::duration_cast<Timeout>(d));
+    }
+    template <class C, class D>
+    bool try_lock_until(std::chrono::time_point<C, D> t) {
+        return try_lock_for(t - C::now());
+    }
+    void unlock() { self().release(); }
+
+private:
+    Self& self() { return static_cast<Self&>(*this); }
+};
+
+}  // namespace detail
+
+// A non-recursive lock. Any thread of any process may release it (as Python's).
+class Lock : public detail::Acquirable<Lock> {
+public:
+    static constexpr bool is_process_shared_handle = true;
+
+    Lock() : state_(detail::SharedBlock<detail::OwnerLock>::create(0, "mp-lock")) {}
+
+    using Acquirable::acquire;
+    bool acquire_until(const detail::Deadline& deadline) { return state_->acquire(deadline); }
+    void release() {
+        if (!state_->release()) throw ValueError("Lock.release: the lock is not acquired");
+    }
+
+    // The calling thread holds it (Python's _is_mine, used by Condition).
+    bool held_by_me() const noexcept { return state_->held_by_me(); }
+
+private:
+    friend class Condition;
+    detail::SharedBlock<detail::OwnerLock> state_;
+};
+
+// A lock its holding thread may take again; it is free once released as often.
+class RLock : public detail::Acquirable<RLock> {
+public:
+    static constexpr bool is_process_shared_handle = true;
+
+    RLock() : state_(detail::SharedBlock<detail::RecursiveLock>::create(0, "mp-rlock")) {}
+
+    using Acquirable::acquire;
+    bool acquire_until(const detail::Deadline& deadline) { return state_->acquire(deadline); }
+    void release() {
+        if (!state_->release())
+            throw ValueError("RLock.release: this thread does not hold the lock (only its owner may release it)");
+    }
+
+    bool held_by_me() const noexcept { return state_->owner.held_by_me(); }
+
+private:
+    friend class Condition;
+    detail::SharedBlock<detail::RecursiveLock> state_;
+};
+
+class Semaphore : public detail::Acquirable<Semaphore> {
+public:
+    static constexpr bool is_process_shared_handle = true;
+
+    explicit Semaphore(int value = 1) : Semaphore(value, UINT32_MAX, "Semaphore") {}
+
+    using Acquirable::acquire;
+    bool acquire_until(const detail::Deadline& deadline) { return state_->acquire(deadline); }
+    void release() {
+        if (!state_->release())
+            throw ValueError("BoundedSemaphore.release: released too many times (above its initial value " +
+                             std::to_string(state_->bound) + ")");
+    }
+    int get_value() const noexcept {
+        // relaxed: a snapshot, as Python's get_value() is.
+        return static_cast<int>(state_->value.load(std::memory_order_relaxed));
+    }
+
+protected:
+    Semaphore(int value, std::uint32_t bound, const char* what)
+        : state_(make(value, bound == UINT32_MAX ? UINT32_MAX : static_cast<std::uint32_t>(value), what)) {}
+
+private:
+    static detail::SharedBlock<detail::CountingSemaphore> make(int value, std::uint32_t bound, const char* what) {
+        if (value < 0) throw ValueError(std::string(what) + ": the initial value must be >= 0");
+        return detail::SharedBlock<detail::CountingSemaphore>::create(0, "mp-semaphore",
+                                                                     static_cast<std::uint32_t>(value), bound);
+    }
+    detail::SharedBlock<detail::CountingSemaphore> state_;
+};
+
+// A Semaphore whose release() above the initial value throws ValueError.
+class BoundedSemaphore : public Semaphore {
+public:
+    explicit BoundedSemaphore(int value = 1) : Semaphore(value, 0, "BoundedSemaphore") {}
+};
+
+// A condition variable over a Lock or an RLock (its own RLock by default, as Python's).
+class Condition : public detail::Acquirable<Condition> {
+public:
+    static constexpr bool is_process_shared_handle = true;
+
+    Condition() : Condition(RLock()) {}
+    explicit Condition(Lock lock) : lock_(std::move(lock)), state_(make_state()) {}
+    explicit Condition(RLock lock) : lock_(std::move(lock)), state_(make_state()) {}
+
+    using Acquirable::acquire;
+    bool acquire_until(const detail::Deadline& deadline) {
+        return std::visit([&](auto& l) { return l.acquire_until(deadline); }, lock_);
+    }
+    void release() {
+        std::visit([](auto& l) { l.release(); }, lock_);
+    }
+
+    // Releases the lock, sleeps until notified, retakes the lock. wait(timeout) returns
+    // false if it timed out (it has retaken the lock either way).
+    bool wait() { return wait_until(detail::Deadline{}); }
+    bool wait(Timeout timeout) { return wait_until(detail::Deadline(timeout)); }
+
+    // Waits until pred() holds; returns its last value (false: timed out).
+    template <class Predicate>
+    bool wait_for(Predicate pred) {
+        return wait_for_until(pred, detail::Deadline{});
+    }
+    template <class Predicate>
+    bool wait_for(Predicate pred, Timeout timeout) {
+        return wait_for_until(pred, detail::Deadline(timeout));
+    }
+
+    void notify(int n = 1) {
+        require_held("notify");
+        if (n > 0) state_->notify(static_cast<std::uint32_t>(n));
+    }
+    void notify_all() { notify(INT_MAX); }
+
+private:
+    static detail::SharedBlock<detail::ConditionState> make_state() {
+        return detail::SharedBlock<detail::ConditionState>::create(0, "mp-condition");
+    }
+    void require_held(const char* what) const {
+        const bool held = std::visit([](const auto& l) { return l.held_by_me(); }, lock_);
+        if (!held)
+            throw ValueError(std::string("Condition.") + what +
+                             ": the calling thread must hold the condition's lock (acquire it first)");
+    }
+    bool wait_until(const detail::Deadline& deadline) {
+        require_held("wait");
+        if (auto* rlock = std::get_if<RLock>(&lock_)) {
+            auto& r = *rlock->state_;
+            std::uint32_t depth = 0;
+            return state_->wait(deadline, [&] { depth = r.release_all(); }, [&] { r.reacquire(depth); });
+        }
+        auto& l = *std::get<Lock>(lock_).state_;
+        return state_->wait(deadline, [&] { l.release(); }, [&] { l.acquire(detail::Deadline{}); });
+    }
+    template <class Predicate>
+    bool wait_for_until(Predicate& pred, const detail::Deadline& deadline) {
+        bool result = pred();
+        while (!result) {
+            if (deadline.expired()) break;
+            wait_until(deadline);
+            result = pred();
+        }
+        return result;
+    }
+
+    std::variant<RLock, Lock> lock_;
+    detail::SharedBlock<detail::ConditionState> state_;
+};
+
+class Event {
+public:
+    static constexpr bool is_process_shared_handle = true;
+
+    Event() : state_(detail::SharedBlock<detail::EventState>::create(0, "mp-event")) {}
+
+    bool is_set() const noexcept { return state_->is_set(); }
+    void set() noexcept { state_->set(); }
+    void clear() noexcept { state_->clear(); }
+    // True once set; wait(timeout) returns false if it ran out first.
+    bool wait() { return state_->wait(detail::Deadline{}); }
+    bool wait(Timeout timeout) { return state_->wait(detail::Deadline(timeout)); }
+
+private:
+    detail::SharedBlock<detail::EventState> state_;
+};
+
+namespace detail {
+
+// Python's threading.Barrier, with its lock and condition in shared memory.
+struct BarrierState {
+    enum : std::int32_t { filling = 0, draining = 1, resetting = -1, broken = -2 };
+
+    explicit BarrierState(std::uint32_t n) : parties(n) {}
+
+    OwnerLock lock;
+    ConditionState cond;
+    std::int32_t state = filling;  // guarded by lock
+    std::uint32_t count = 0;       // guarded by lock
+    const std::uint32_t parties;
+};
+
+}  // namespace detail
+
+class Barrier {
+public:
+    static constexpr bool is_process_shared_handle = true;
+
+    // `action` runs in one of the waiters (the last to arrive) before any is released;
+    // `timeout` is the default for wait().
+    explicit Barrier(int parties, std::function<void()> action = {}, std::optional<Timeout> timeout = {})
+        : state_(make(parties)), action_(std::move(action)), default_timeout_(timeout) {}
+
+    // Returns this waiter's arrival index, 0 .. parties-1. Throws BrokenBarrierError if
+    // the barrier is or becomes broken, aborted or reset while waiting, or if the wait
+    // times out (which breaks it for everyone, as in Python).
+    int wait() { return wait_until(detail::Deadline(default_timeout_)); }
+    int wait(Timeout timeout) { return wait_until(detail::Deadline(timeout)); }
+
+    // Back to the empty state; waiters now waiting get BrokenBarrierError.
+    void reset() {
+        Guard g(*state_);
+        auto& s = *state_;
+        if (s.count > 0) {
+            if (s.state == S::filling || s.state == S::broken) s.state = S::resetting;
+        } else {
+            s.state = S::filling;
+        }
+        s.cond.notify(UINT32_MAX);
+    }
+    // Breaks it: current and future waiters get BrokenBarrierError until reset().
+    void abort() {
+        Guard g(*state_);
+        break_barrier();
+    }
+
+    int parties() const noexcept { return static_cast<int>(state_->parties); }
+    int n_waiting() const {
+        Guard g(*state_);
+        return state_->state == S::filling ? static_cast<int>(state_->count) : 0;
+    }
+    bool broken() const {
+        Guard g(*state_);
+        return state_->state == S::broken;
+    }
+
+private:
+    using S = detail::BarrierState;
+    struct Guard {
+        explicit Guard(S& s) : s_(s) { s_.lock.acquire(detail::Deadline{}); }
+        ~Guard() { s_.lock.release(); }
+        S& s_;
+    };
+
+    static detail::SharedBlock<S> make(int parties) {
+        if (parties < 1) throw ValueError("Barrier: parties must be at least 1");
+        return detail::SharedBlock<S>::create(0, "mp-barrier", static_cast<std::uint32_t>(parties));
+    }
+
+    // Sleeps on the condition until pred() or the deadline; false if it ran out.
+    template <class Pred>
+    bool cond_wait_for(Pred pred, const detail::Deadline& deadline) {
+        auto& s = *state_;
+        while (!pred()) {
+            if (deadline.expired()) return pred();
+            s.cond.wait(deadline, [&] { s.lock.release(); }, [&] { s.lock.acquire(detail::Deadline{}); });
+        }
+        return true;
+    }
+
+    int wait_until(const detail::Deadline& deadline) {
+        Guard g(*state_);
+        auto& s = *state_;
+        // Let a previous round drain, or a reset finish, before joining.
+        cond_wait_for([&] { return s.state != S::draining && s.state != S::resetting; }, detail::Deadline{});
+        if (s.state == S::broken) throw BrokenBarrierError("Barrier.wait: the barrier is broken");
+        const auto index = s.count++;
+        try {
+            if (index + 1 == s.parties) {
+                release_all();
+            } else if (!cond_wait_for([&] { return s.state != S::filling; }, deadline)) {
+                break_barrier();
+                throw BrokenBarrierError("Barrier.wait: timed out, which breaks the barrier for every waiter");
+            } else if (s.state < 0) {
+                throw BrokenBarrierError("Barrier.wait: the barrier was broken, aborted or reset while waiting");
+            }
+        } catch (...) {
+            leave();
+            throw;
+        }
+        leave();
+        return static_cast<int>(index);
+    }
+
+    void release_all() {
+        try {
+            if (action_) action_();
+        } catch (...) {
+            break_barrier();
+            throw;
+        }
+        state_->state = S::draining;
+        state_->cond.notify(UINT32_MAX);
+    }
+    void leave() {
+        auto& s = *state_;
+        if (--s.count == 0 && (s.state == S::resetting || s.state == S::draining)) {
+            s.state = S::filling;
+            s.cond.notify(UINT32_MAX);
+        }
+    }
+    void break_barrier() {
+        state_->state = S::broken;
+        state_->cond.notify(UINT32_MAX);
+    }
+
+    detail::SharedBlock<S> state_;
+    std::function<void()> action_;  // lives in each process (a fork child has its copy)
+    std::optional<Timeout> default_timeout_;
+};
+
+}  // namespace multiprocessing
