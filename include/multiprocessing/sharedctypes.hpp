@@ -87,8 +87,12 @@ public:
     L& get_lock() noexcept { return lock_; }
     // The unsynchronized view (Python's get_obj()).
     const RawValue<T>& get_obj() const noexcept { return *this; }
+    // Python's `with v:` is `std::lock_guard g(v);`.
     void acquire() { lock_.acquire(); }
     void release() { lock_.release(); }
+    void lock() { lock_.acquire(); }
+    void unlock() { lock_.release(); }
+    bool try_lock() { return lock_.acquire(false); }
 
 private:
     L lock_;
@@ -146,15 +150,25 @@ public:
     explicit Array(std::size_t n) : RawArray<T>(n) {}
     Array(std::size_t n, L lock) : RawArray<T>(n), lock_(std::move(lock)) {}
     Array(std::initializer_list<T> items) : RawArray<T>(items) {}
+    Array(std::initializer_list<T> items, L lock) : RawArray<T>(items), lock_(std::move(lock)) {}
     template <std::ranges::input_range R>
         requires(std::convertible_to<std::ranges::range_reference_t<R>, T> &&
                  !std::is_base_of_v<RawArray<T>, std::remove_cvref_t<R>>)
     explicit Array(R&& items) : RawArray<T>(std::forward<R>(items)) {}
+    // Array(typecode, sequence, lock=lock).
+    template <std::ranges::input_range R>
+        requires(std::convertible_to<std::ranges::range_reference_t<R>, T> &&
+                 !std::is_base_of_v<RawArray<T>, std::remove_cvref_t<R>>)
+    Array(R&& items, L lock) : RawArray<T>(std::forward<R>(items)), lock_(std::move(lock)) {}
 
     L& get_lock() noexcept { return lock_; }
     const RawArray<T>& get_obj() const noexcept { return *this; }
+    // Python's `with a:` is `std::lock_guard g(a);`.
     void acquire() { lock_.acquire(); }
     void release() { lock_.release(); }
+    void lock() { lock_.acquire(); }
+    void unlock() { lock_.release(); }
+    bool try_lock() { return lock_.acquire(false); }
 
 private:
     L lock_;

@@ -122,8 +122,10 @@ protected:
 private:
     static detail::SharedBlock<detail::CountingSemaphore> make(int value, std::uint32_t bound, const char* what) {
         if (value < 0) throw ValueError(std::string(what) + ": the initial value must be >= 0");
-        return detail::SharedBlock<detail::CountingSemaphore>::create(0, "mp-semaphore",
-                                                                     static_cast<std::uint32_t>(value), bound);
+        auto block = detail::SharedBlock<detail::CountingSemaphore>::create(
+            0, "mp-semaphore", static_cast<std::uint32_t>(value), bound);
+        detail::SemaphoreRegistry::add(block.lifetime(), block.get());
+        return block;
     }
     detail::SharedBlock<detail::CountingSemaphore> state_;
 };
@@ -166,6 +168,8 @@ public:
         return wait_for_until(pred, detail::Deadline(timeout));
     }
 
+    // Wakes up to n of the threads waiting now. Like Python's, it returns once they have
+    // taken their wake-ups, so that none goes to a thread that starts waiting later.
     void notify(int n = 1) {
         require_held("notify");
         if (n > 0) state_->notify(static_cast<std::uint32_t>(n));

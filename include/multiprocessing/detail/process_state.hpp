@@ -2,6 +2,7 @@
 // is, who its parent is, and which children it started. Nothing else is global.
 #pragma once
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -113,6 +114,9 @@ struct ProcessState {
     int next_child_number = 1;        // the counter behind "Process-N"
     std::vector<std::shared_ptr<ChildRecord>> children;
     bool exit_hook_installed = false;
+    // Run when this process exits normally (returns from main, exit(), or a child's
+    // target returns), not when it is killed: see add_normal_exit_action().
+    std::vector<void (*)()> normal_exit_actions;
 };
 
 inline ProcessState& process_state() {
@@ -135,12 +139,37 @@ inline void finish_children() {
     for (auto& c : children) c->wait(std::nullopt);
 }
 
+inline void run_normal_exit_actions() noexcept {
+    std::vector<void (*)()> actions;
+    {
+        auto& st = process_state();
+        std::lock_guard lock(st.mutex);
+        actions = st.normal_exit_actions;
+    }
+    for (auto action : actions) action();
+}
+
 inline void install_exit_hook() {
     auto& st = process_state();
     std::lock_guard lock(st.mutex);
     if (st.exit_hook_installed) return;
     st.exit_hook_installed = true;
-    std::atexit([] { finish_children(); });
+    std::atexit([] {
+        finish_children();
+        run_normal_exit_actions();
+    });
+}
+
+// Something shared objects must settle when a process ends by exiting rather than by
+// being killed (e.g. forget which semaphore units it holds: units kept to the end of a
+// normal exit were consumed, not left behind by a crash).
+inline void add_normal_exit_action(void (*action)()) {
+    install_exit_hook();
+    auto& st = process_state();
+    std::lock_guard lock(st.mutex);
+    if (std::find(st.normal_exit_actions.begin(), st.normal_exit_actions.end(), action) ==
+        st.normal_exit_actions.end())
+        st.normal_exit_actions.push_back(action);
 }
 
 // The next default name suffix ("1", "1:2", ...) for a child of this process.
@@ -202,6 +231,7 @@ inline void flush_standard_streams() noexcept {
         finish_children();
     } catch (...) {
     }
+    run_normal_exit_actions();
     flush_standard_streams();
     ::_exit(code);
 }

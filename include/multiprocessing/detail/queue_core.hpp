@@ -11,8 +11,12 @@
 // lanes through the producer lock; several consumers take turns through the consumer
 // locks, trying the next lane when one is busy.
 //
-// Order: items put by one process (one lane) come out in the order they were put, as
-// in Python. Consumers visit lanes round-robin, so no producer starves another.
+// Order: every record carries a ticket from one shared counter, taken under the lane's
+// producer lock, and a consumer takes the lane whose oldest record has the smallest
+// ticket. So items come out in the order they were put, also across processes: what a
+// joined child put comes out before what its parent puts next (the "join the producers,
+// then put the sentinel" idiom works as with Python's single pipe). With one producer
+// the counter stays in its cache; with several, consumers compare lane heads.
 //
 // Growth: every lane's ring reserves 1 GiB of address space in the segment, but pages
 // are only backed once written, and a producer keeps cycling through the first 4 MiB
@@ -23,8 +27,12 @@
 // after it, so the lane holds the whole record or nothing; the lane's producer lock is
 // taken over by the next producer after the owner-check interval. A process killed
 // inside get() has not freed the record it was reading, so the next consumer takes over
-// the consumer lock and gets that item: nothing is lost, nothing wedges. (Counters for
-// qsize(), maxsize and JoinableQueue may be off by that one item.)
+// the consumer lock and gets that item: nothing is lost, nothing wedges. A bounded
+// queue's slot count is protected the same way: each process records the put or get it
+// is between taking and settling a slot, and a producer kept waiting by a full queue
+// gives back the slots of such operations whose process died. (If the process died
+// right after finishing, that lets the queue hold one item over maxsize; qsize() and
+// JoinableQueue's count of unfinished items may be off by that one item.)
 #pragma once
 
 #include <algorithm>
@@ -32,6 +40,7 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <span>
@@ -47,6 +56,8 @@
 namespace multiprocessing::detail {
 
 inline constexpr std::uint32_t queue_lane_count = 8;
+// Each record starts with its ticket (see "Order" above).
+using Ticket = std::uint64_t;
 inline constexpr std::uint32_t queue_lane_capacity = 1u << 30;
 
 struct QueueLane {
@@ -72,9 +83,14 @@ struct QueueHeader {
     alignas(cache_line) std::atomic<std::uint32_t> data_seq{0};
     std::atomic<std::uint32_t> sleeping_consumers{0};
 
-    // Bounded queues: items in the queue (the futex producers sleep on when full).
+    // The next record's ticket (see "Order" above).
+    alignas(cache_line) std::atomic<std::uint64_t> next_ticket{0};
+
+    // Bounded queues: items in the queue (the futex producers sleep on when full), and
+    // which processes are between taking or freeing a slot and settling it.
     alignas(cache_line) std::atomic<std::uint32_t> items{0};
     std::atomic<std::uint32_t> sleeping_producers{0};
+    HolderTable slot_operations;
 
     // JoinableQueue: items put and not yet task_done() (join() sleeps on it).
     alignas(cache_line) std::atomic<std::uint32_t> unfinished{0};
@@ -102,7 +118,7 @@ public:
     QueueCore& operator=(const QueueCore&) = delete;
 
     std::uint32_t maxsize() const noexcept { return header_->maxsize; }
-    std::size_t max_item_bytes() const noexcept { return lane_ring(0).max_payload(); }
+    std::size_t max_item_bytes() const noexcept { return lane_ring(0).max_payload() - sizeof(Ticket); }
 
     // ---- producing ------------------------------------------------------------------------
 
@@ -122,17 +138,23 @@ public:
         QueueLane& lane = lanes_[home_lane()];
         if (!lane.producer_lock.acquire(deadline)) return undo_put();
         Ring ring = lane_ring(static_cast<std::uint32_t>(&lane - lanes_));
-        std::byte* at = ring.try_reserve(size);
-        if (!at) at = ring.reserve(size, [&] { return deadline.expired(); });
+        const std::size_t record_size = sizeof(Ticket) + size;
+        std::byte* at = ring.try_reserve(record_size);
+        if (!at) at = ring.reserve(record_size, [&] { return deadline.expired(); });
         if (!at) {
             lane.producer_lock.release();
             return undo_put();
         }
-        encode(at);
+        // relaxed: taken under the lane lock, so a lane's tickets rise in ring order; a
+        // put that happens before another (say, in a joined child) takes a smaller one.
+        const Ticket ticket = header_->next_ticket.fetch_add(1, std::memory_order_relaxed);
+        std::memcpy(at, &ticket, sizeof ticket);
+        encode(at + sizeof(Ticket));
         ring.commit(0);
         // relaxed: single writer (the lock holder); readers want a snapshot.
         lane.puts.store(lane.puts.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         lane.producer_lock.release();
+        if (header_->maxsize) header_->slot_operations.remove_own(current_pid());
         wake_consumers();
         return QueueWait::done;
     }
@@ -152,10 +174,8 @@ public:
                 QueueLane& lane = lanes_[*busy_lane];
                 const Deadline lock_deadline(
                     std::min<std::chrono::nanoseconds>(deadline.sleep_for(std::chrono::hours(1)), 2 * owner_check_interval));
-                if (lane.consumer_lock.acquire(lock_deadline)) {
-                    const bool got = take_from(lane, *busy_lane, decode);
-                    if (got) return QueueWait::done;
-                }
+                // Then choose again among all lanes, so the oldest record still goes first.
+                if (lane.consumer_lock.acquire(lock_deadline)) lane.consumer_lock.release();
                 if (deadline.expired()) return QueueWait::timed_out;
                 continue;
             }
@@ -253,18 +273,28 @@ private:
         return chosen;
     }
 
+    // Takes a slot of a bounded queue, recorded as this process's until the put settles.
     bool take_slot(const Deadline& deadline) {
         auto& items = header_->items;
+        header_->slot_operations.add(current_pid());
         for (;;) {
             std::uint32_t n = items.load(std::memory_order_relaxed);
             while (n < header_->maxsize)
                 // relaxed: the slot count orders nothing; the ring carries the data.
                 if (items.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
-            if (deadline.expired()) return false;
+            if (deadline.expired()) {
+                header_->slot_operations.remove_own(current_pid());
+                return false;
+            }
             // seq_cst: Dekker with free_slot().
             header_->sleeping_producers.fetch_add(1, std::memory_order_seq_cst);
-            futex_wait(items, n, deadline.sleep_for(std::chrono::hours(1)));
+            const auto slept_from = Clock::now();
+            futex_wait(items, n, deadline.sleep_for());
             header_->sleeping_producers.fetch_sub(1, std::memory_order_relaxed);
+            // Full for a whole check interval: give back the slots of dead processes'
+            // unfinished operations (ours is recorded too, but we are alive).
+            if (Clock::now() - slept_from >= owner_check_interval)
+                for (auto lost = header_->slot_operations.reclaim_dead(); lost > 0; --lost) free_slot();
         }
     }
     void free_slot() noexcept {
@@ -273,7 +303,10 @@ private:
     }
     QueueWait undo_put() noexcept {
         if (header_->joinable) header_->unfinished.fetch_sub(1, std::memory_order_relaxed);
-        if (header_->maxsize) free_slot();
+        if (header_->maxsize) {
+            free_slot();
+            header_->slot_operations.remove_own(current_pid());
+        }
         return QueueWait::timed_out;
     }
 
@@ -294,11 +327,16 @@ private:
         return false;
     }
 
+    // Takes the oldest record among the lanes this consumer can lock now. A lane another
+    // consumer holds is reported in busy_lane.
     template <class Decode>
     bool try_get(Decode& decode, std::optional<std::uint32_t>& busy_lane) {
         const std::uint32_t used = lanes_used();
-        // relaxed: which lane to look at first is a process-local fairness hint.
+        // relaxed: which lane to look at first is a process-local hint.
         const std::uint32_t start = next_lane_.load(std::memory_order_relaxed);
+        std::uint32_t held[queue_lane_count];
+        Ticket held_ticket[queue_lane_count];
+        std::uint32_t n_held = 0;
         for (std::uint32_t k = 0; k < used; ++k) {
             const std::uint32_t i = (start + k) % used;
             if (lane_ring(i).empty()) continue;
@@ -306,9 +344,21 @@ private:
                 busy_lane = i;
                 continue;
             }
-            if (take_from(lanes_[i], i, decode)) return true;
+            auto record = lane_ring(i).peek();
+            if (!record) {
+                lanes_[i].consumer_lock.release();
+                continue;
+            }
+            std::memcpy(&held_ticket[n_held], record->payload.data(), sizeof(Ticket));
+            held[n_held++] = i;
         }
-        return false;
+        if (n_held == 0) return false;
+        std::uint32_t oldest = 0;
+        for (std::uint32_t h = 1; h < n_held; ++h)
+            if (held_ticket[h] < held_ticket[oldest]) oldest = h;
+        for (std::uint32_t h = 0; h < n_held; ++h)
+            if (h != oldest) lanes_[held[h]].consumer_lock.release();
+        return take_from(lanes_[held[oldest]], held[oldest], decode);
     }
 
     // With the lane's consumer lock held: takes its oldest record, if any, and unlocks.
@@ -321,7 +371,7 @@ private:
             return false;
         }
         try {
-            decode(std::span<const std::byte>(record->payload));
+            decode(std::span<const std::byte>(record->payload).subspan(sizeof(Ticket)));
         } catch (...) {
             // An item this process cannot decode is dropped, not left to block the lane.
             finish_take(lane, ring, i);
@@ -331,11 +381,17 @@ private:
         return true;
     }
     void finish_take(QueueLane& lane, Ring& ring, std::uint32_t i) noexcept {
+        // A bounded queue's slot is freed after the record: recorded meanwhile, so a death
+        // in between does not lose the slot.
+        if (header_->maxsize) header_->slot_operations.add(current_pid());
         ring.release();
         lane.gets.store(lane.gets.load(std::memory_order_relaxed) + 1, std::memory_order_release);
         lane.consumer_lock.release();
         next_lane_.store(i + 1, std::memory_order_relaxed);
-        if (header_->maxsize) free_slot();
+        if (header_->maxsize) {
+            free_slot();
+            header_->slot_operations.remove_own(current_pid());
+        }
     }
 
     SharedSegment segment_;

@@ -125,6 +125,8 @@ public:
     // The bytes after T.
     std::byte* extra() const noexcept { return segment_->data() + sizeof(T); }
     std::size_t extra_size() const noexcept { return segment_->size() - sizeof(T); }
+    // Expires when no handle in this process maps the block any more.
+    std::weak_ptr<void> lifetime() const noexcept { return segment_; }
 
     friend bool operator==(const SharedBlock& a, const SharedBlock& b) noexcept { return a.object_ == b.object_; }
 

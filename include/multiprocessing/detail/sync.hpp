@@ -15,9 +15,16 @@
 #include <chrono>
 #include <climits>
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <new>
 #include <optional>
+#include <vector>
+
+#include <pthread.h>
 
 #include "futex.hpp"
+#include "process_state.hpp"
 #include "shared_object.hpp"
 
 namespace multiprocessing::detail {
@@ -165,9 +172,11 @@ struct RecursiveLock {
 
 // ---- CountingSemaphore ---------------------------------------------------------------------
 
-// Which processes hold how many units, so a dead holder's units can be given back.
-// Entries are claimed by pid; a process may own several (two threads racing to claim),
-// which only splits its count. A full table just makes later holders unrecoverable.
+// Which processes hold how many units, so a dead holder's units can be given back (a
+// Condition counts its waiting threads in one the same way). Entries are claimed by pid;
+// a process may own several (two threads racing to claim), which only splits its count.
+// The entry of a dead process that held nothing is reused; a table full of live holders
+// just makes later holders unrecoverable.
 struct HolderTable {
     static constexpr int size = 32;
     struct Entry {
@@ -194,14 +203,45 @@ struct HolderTable {
                 return;
             }
         }
+        // Full: take over the entry of a process that exited holding nothing (else every
+        // process that ever held a unit would keep its entry, and after 32 of them no
+        // holder could be recovered). A dead process writes nothing more, and only one CAS
+        // from its pid wins (ours, another claimer's or reclaim_dead()'s).
+        for (auto& e : entries) {
+            std::uint32_t pid = e.pid.load(std::memory_order_relaxed);
+            if (pid == 0 || pid == claiming || e.units.load(std::memory_order_relaxed) != 0 ||
+                task_alive(static_cast<pid_t>(pid)))
+                continue;
+            if (e.pid.compare_exchange_strong(pid, me, std::memory_order_relaxed)) {
+                e.units.fetch_add(1, std::memory_order_relaxed);
+                return;
+            }
+        }
     }
 
     // A release: our own unit if we hold one, else (a release on someone's behalf, as
     // when a semaphore signals between processes) anyone's.
     void remove(pid_t self) noexcept {
+        if (remove_own(self)) return;
+        take_unit([](std::uint32_t pid) { return pid != 0 && pid != claiming; });
+    }
+    // Our own unit only; false if we hold none.
+    bool remove_own(pid_t self) noexcept {
         const auto me = static_cast<std::uint32_t>(self);
-        if (take_unit([&](std::uint32_t pid) { return pid == me; })) return;
-        take_unit([](std::uint32_t pid) { return pid != 0; });
+        return take_unit([&](std::uint32_t pid) { return pid == me; });
+    }
+
+    // Drops every record of `self` (at its normal exit).
+    void forget(pid_t self) noexcept {
+        const auto me = static_cast<std::uint32_t>(self);
+        for (auto& e : entries) {
+            std::uint32_t pid = me;
+            if (e.pid.load(std::memory_order_relaxed) != me ||
+                !e.pid.compare_exchange_strong(pid, claiming, std::memory_order_relaxed))
+                continue;
+            e.units.store(0, std::memory_order_relaxed);
+            e.pid.store(0, std::memory_order_relaxed);
+        }
     }
 
     // Frees the entries of dead processes; returns the units they held.
@@ -209,7 +249,9 @@ struct HolderTable {
         std::uint32_t freed = 0;
         for (auto& e : entries) {
             std::uint32_t pid = e.pid.load(std::memory_order_relaxed);
-            if (pid == 0 || task_alive(static_cast<pid_t>(pid))) continue;
+            // `claiming`: another reclaimer is freeing it (task_alive(-1) would say dead,
+            // and a second claim could take the units of whoever claims the entry next).
+            if (pid == 0 || pid == claiming || task_alive(static_cast<pid_t>(pid))) continue;
             // Only one reclaimer wins the entry.
             if (!e.pid.compare_exchange_strong(pid, claiming, std::memory_order_relaxed)) continue;
             freed += e.units.exchange(0, std::memory_order_relaxed);
@@ -289,21 +331,73 @@ struct CountingSemaphore {
     }
 };
 
+// Every semaphore this process can use (created here or inherited: a fork child has the
+// parent's registry), so that a normal exit can drop the process's holder records. Units
+// a process still holds when it exits normally were consumed (a semaphore counting items
+// hands them out for good); only a process that dies without exiting (a signal, _exit)
+// leaves records for the recovery above.
+class SemaphoreRegistry {
+public:
+    static void add(std::weak_ptr<void> alive, CountingSemaphore* semaphore) {
+        static const bool hooked = [] {
+            add_normal_exit_action([] { instance().forget_holdings(); });
+            ::pthread_atfork(nullptr, nullptr, [] { new (&instance().mutex_) std::mutex; });
+            return true;
+        }();
+        (void)hooked;
+        auto& self = instance();
+        std::lock_guard lock(self.mutex_);
+        std::erase_if(self.entries_, [](const Entry& e) { return e.alive.expired(); });
+        self.entries_.push_back({std::move(alive), semaphore});
+    }
+
+private:
+    struct Entry {
+        std::weak_ptr<void> alive;  // the mapping; expired once no handle here maps it
+        CountingSemaphore* semaphore;
+    };
+    static SemaphoreRegistry& instance() {
+        static auto* registry = new SemaphoreRegistry;  // outlives static destructors
+        return *registry;
+    }
+    void forget_holdings() noexcept {
+        std::lock_guard lock(mutex_);
+        const pid_t me = current_pid();
+        for (auto& e : entries_)
+            if (auto mapping = e.alive.lock()) e.semaphore->holders.forget(me);
+    }
+
+    std::mutex mutex_;
+    std::vector<Entry> entries_;
+};
+
 // ---- ConditionState ------------------------------------------------------------------------
 
 // Waiters are counted in `pending` while registered and unwoken; notify(n) turns up to n
 // of them into `tokens`, which any registered waiter may take. Invariant: pending +
-// tokens = threads inside wait(). A waiter that times out either deregisters (pending
-// > 0) or, if it was already notified, takes its token; so notify(n) wakes at most n.
-// The notifier holds the condition's lock, so only timeouts race with it.
+// tokens = threads inside wait() that hold no token yet. A waiter that times out either
+// deregisters (pending > 0) or, if it was already notified, takes its token; so notify(n)
+// wakes at most n. The notifier holds the condition's lock, so only timeouts race with it.
+//
+// notify() returns once its tokens are all taken (CPython's Condition.notify likewise
+// waits for the woken to acknowledge), and it holds the lock until then, so no thread can
+// start to wait while a token is out: a wake-up goes to a thread that was waiting when
+// notify() was called. (Were a later waiter to take it, the notified one would sleep on:
+// a lost wake-up, which for instance left a Barrier's drained round unfinished forever.)
+// A waiter that dies before taking its token would make notify() wait forever, so the
+// notifier, after each owner_check_interval, drops the registrations of dead waiting
+// processes, which `waiters` records.
 struct ConditionState {
     std::atomic<std::uint32_t> pending{0};
-    std::atomic<std::uint32_t> tokens{0};  // the futex word waiters sleep on
+    std::atomic<std::uint32_t> tokens{0};   // the futex word waiters sleep on
+    std::atomic<std::uint32_t> drained{0};  // bumped when tokens reach 0; the notifier sleeps on it
+    HolderTable waiters;                    // processes inside wait(): how many of their threads
 
     // Called with the lock held; `unlock` and `relock` drop and retake it. True if
     // notified, false if the deadline passed.
     template <class Unlock, class Relock>
     bool wait(const Deadline& deadline, Unlock&& unlock, Relock&& relock) {
+        waiters.add(current_pid());
         // relaxed: registration is published by the unlock's release.
         pending.fetch_add(1, std::memory_order_relaxed);
         unlock();
@@ -325,6 +419,7 @@ struct ConditionState {
             }
             futex_wait(tokens, 0, deadline.sleep_for(std::chrono::hours(1)));
         }
+        waiters.remove_own(current_pid());
         relock();
         return notified;
     }
@@ -343,6 +438,7 @@ struct ConditionState {
             // token (it also retakes the lock, which orders it anyway).
             tokens.fetch_add(woken, std::memory_order_release);
             futex_wake(tokens, static_cast<int>(woken));
+            await_tokens_taken();
         }
         return woken;
     }
@@ -352,9 +448,41 @@ private:
         std::uint32_t t = tokens.load(std::memory_order_relaxed);
         while (t > 0)
             // acquire: pairs with notify()'s release.
-            if (tokens.compare_exchange_weak(t, t - 1, std::memory_order_acquire, std::memory_order_relaxed))
+            if (tokens.compare_exchange_weak(t, t - 1, std::memory_order_acquire, std::memory_order_relaxed)) {
+                if (t == 1) {
+                    // The last one: tell the notifier. seq_cst: after our CAS, so a
+                    // notifier that sees the new `drained` also sees tokens at 0.
+                    drained.fetch_add(1, std::memory_order_seq_cst);
+                    futex_wake(drained, 1);
+                }
                 return true;
+            }
         return false;
+    }
+
+    void await_tokens_taken() noexcept {
+        if (spin_until([&] { return tokens.load(std::memory_order_acquire) == 0; }, lock_spin)) return;
+        for (;;) {
+            // seq_cst: `drained` before `tokens`, the reverse of take_token()'s order.
+            const std::uint32_t d = drained.load(std::memory_order_seq_cst);
+            if (tokens.load(std::memory_order_seq_cst) == 0) return;
+            const auto slept_from = Clock::now();
+            futex_wait(drained, d, owner_check_interval);
+            if (Clock::now() - slept_from >= owner_check_interval) forget_dead_waiters();
+        }
+    }
+
+    // The registrations of waiters whose process died: first from the unwoken (a live
+    // waiter that was notified keeps its token), then their tokens.
+    void forget_dead_waiters() noexcept {
+        std::uint32_t dead = waiters.reclaim_dead();
+        std::uint32_t p = pending.load(std::memory_order_relaxed);
+        while (dead > 0 && p > 0)
+            if (pending.compare_exchange_weak(p, p - 1, std::memory_order_relaxed)) {
+                --dead;
+                --p;
+            }
+        while (dead > 0 && take_token()) --dead;
     }
 };
 
