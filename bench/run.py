@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Run the pool benchmarks in C++ (mp::Pool) and in Python (multiprocessing.Pool)
-and print them side by side.
+"""Run the benchmarks in C++ (mp::Pool, Queue, Pipe, Lock) and in Python
+(multiprocessing) and print them side by side.
 
-    python3 bench/run.py [--build-dir build] [--only cpp|python] [--quick] [--json]
+    python3 bench/run.py [--build-dir build] [--suite pool|ipc] [--only cpp|python] [--quick] [--json]
 
---build-dir  where CMake built bench_pool (default: build). If the binary is missing,
-             `cmake --build <dir> --target bench_pool` is run; nothing else is built.
+--build-dir  where CMake built bench_pool and bench_ipc (default: build). If a binary is
+             missing, `cmake --build <dir> --target <it>` is run; nothing else is built.
+--suite      run one suite only: pool (bench_pool) or ipc (bench_ipc: Queue, Pipe, Lock).
 --only       run one side only (the table then shows "-" for the other).
 --quick      half the repetitions on both sides.
 --json       also print the raw JSON lines of both sides.
@@ -24,7 +25,7 @@ ROOT = os.path.dirname(HERE)
 
 # (workload, label, target kind, target value, note)
 # kind "max": the C++ median must be <= value; "min": >= value.
-ROWS = [
+POOL_ROWS = [
     ("pool_start_close_join", "Pool(2) start+close+join", "max", 1.0),
     ("apply_async_roundtrip", "apply_async(noop).get()", "max", 15.0),
     ("map_square_1M", "map(square, 1M), default chunk", "min", 100.0),
@@ -35,7 +36,20 @@ ROWS = [
     ("map_fib_speedup", "map(fib) speedup, 2 workers", "min", 1.9),
 ]
 
-TIME_UNITS = {"ms", "us"}
+IPC_ROWS = [
+    ("queue_ints_200k", "Queue: 1 producer -> parent, 200k ints", "min", 5.0),
+    ("pipe_roundtrip_64B", "Pipe: 64-byte round trip", "max", 15.0),
+    ("queue_1MiB_items", "Queue<bytes>: 1 MiB items", "min", 3.0),
+    ("lock_uncontended", "Lock acquire+release, uncontended", "max", 50.0),
+]
+
+# suite: (C++ binary, Python script, rows)
+SUITES = {
+    "pool": ("bench_pool", "bench_pool.py", POOL_ROWS),
+    "ipc": ("bench_ipc", "bench_ipc.py", IPC_ROWS),
+}
+
+TIME_UNITS = {"ms", "us", "ns"}
 CPP_TIMEOUT = 180  # s; a hang in the library must not hang the benchmark
 PY_TIMEOUT = 300
 
@@ -72,26 +86,26 @@ def run_lines(cmd, timeout):
     return recs, problem, out
 
 
-def find_cpp_binary(build_dir):
-    for cand in (os.path.join(build_dir, "bench", "bench_pool"),
-                 os.path.join(build_dir, "bench_pool")):
+def find_cpp_binary(build_dir, name):
+    for cand in (os.path.join(build_dir, "bench", name),
+                 os.path.join(build_dir, name)):
         if os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     return None
 
 
-def ensure_cpp_binary(build_dir):
-    exe = find_cpp_binary(build_dir)
+def ensure_cpp_binary(build_dir, name):
+    exe = find_cpp_binary(build_dir, name)
     if exe:
         return exe
     if not os.path.isfile(os.path.join(build_dir, "CMakeCache.txt")):
         sys.exit(f"error: {build_dir} is not a CMake build directory; configure it first:\n"
                  f"  cmake -S {ROOT} -B {build_dir} -DCMAKE_BUILD_TYPE=Release")
-    print(f"bench_pool not found in {build_dir}; building it ...", file=sys.stderr)
-    subprocess.run(["cmake", "--build", build_dir, "--target", "bench_pool"], check=True)
-    exe = find_cpp_binary(build_dir)
+    print(f"{name} not found in {build_dir}; building it ...", file=sys.stderr)
+    subprocess.run(["cmake", "--build", build_dir, "--target", name], check=True)
+    exe = find_cpp_binary(build_dir, name)
     if not exe:
-        sys.exit(f"error: bench_pool still missing in {build_dir} after the build")
+        sys.exit(f"error: {name} still missing in {build_dir} after the build")
     return exe
 
 
@@ -127,6 +141,7 @@ def fmt_target(kind, value, unit):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--suite", choices=sorted(SUITES))
     ap.add_argument("--only", choices=["cpp", "python"])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -136,23 +151,29 @@ def main():
     load_before = os.getloadavg()[0]
     cpp, py = {}, {}
     problems = []
+    suites = [args.suite] if args.suite else sorted(SUITES, reverse=True)
+    ROWS = [row for name in suites for row in SUITES[name][2]]
 
-    if args.only != "python":
-        exe = ensure_cpp_binary(os.path.abspath(args.build_dir))
-        print(f"running {exe} ...", file=sys.stderr, flush=True)
-        cpp, prob, raw = run_lines([exe] + extra, CPP_TIMEOUT)
-        if prob:
-            problems.append(f"C++: {prob}")
-        if args.json:
-            print("# C++\n" + raw.rstrip())
-    if args.only != "cpp":
-        script = os.path.join(HERE, "python", "bench_pool.py")
-        print(f"running {sys.executable} {script} ...", file=sys.stderr, flush=True)
-        py, prob, raw = run_lines([sys.executable, script] + extra, PY_TIMEOUT)
-        if prob:
-            problems.append(f"Python: {prob}")
-        if args.json:
-            print("# Python\n" + raw.rstrip())
+    for suite in suites:
+        binary, script_name, _ = SUITES[suite]
+        if args.only != "python":
+            exe = ensure_cpp_binary(os.path.abspath(args.build_dir), binary)
+            print(f"running {exe} ...", file=sys.stderr, flush=True)
+            recs, prob, raw = run_lines([exe] + extra, CPP_TIMEOUT)
+            cpp.update(recs)
+            if prob:
+                problems.append(f"C++ {binary}: {prob}")
+            if args.json:
+                print(f"# C++ {binary}\n" + raw.rstrip())
+        if args.only != "cpp":
+            script = os.path.join(HERE, "python", script_name)
+            print(f"running {sys.executable} {script} ...", file=sys.stderr, flush=True)
+            recs, prob, raw = run_lines([sys.executable, script] + extra, PY_TIMEOUT)
+            py.update(recs)
+            if prob:
+                problems.append(f"Python {script_name}: {prob}")
+            if args.json:
+                print(f"# Python {script_name}\n" + raw.rstrip())
 
     for side, recs in (("C++", cpp), ("Python", py)):
         for name, rec in recs.items():

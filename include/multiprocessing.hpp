@@ -1,7 +1,12 @@
 // Everything: Python's `import multiprocessing`.
 #pragma once
 
+#include "multiprocessing/connection.hpp"
 #include "multiprocessing/context.hpp"
 #include "multiprocessing/errors.hpp"
 #include "multiprocessing/pool.hpp"
 #include "multiprocessing/process.hpp"
+#include "multiprocessing/queues.hpp"
+#include "multiprocessing/shared_memory.hpp"
+#include "multiprocessing/sharedctypes.hpp"
+#include "multiprocessing/synchronize.hpp"

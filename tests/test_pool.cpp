@@ -249,7 +249,7 @@ TEST_CASE("apply_async passes a single std::tuple as one argument", "[pool]") {
     CHECK(r.get(5s) == 42);
 }
 
-TEST_CASE("apply_async: get(timeout) throws TimeoutError; wait/ready/successful",
+TEST_CASE("apply_async: get(timeout) throws TimeoutError, wait/ready/successful",
           "[pool]") {
     Pipe gate;
     mp::Pool pool(2);
@@ -1038,7 +1038,7 @@ TEST_CASE("Context-manager equivalent (test_context, test_terminate)", "[pool]")
     }
 }
 
-TEST_CASE("Pool with 1, 2 and 3 processes; default size", "[pool]") {
+TEST_CASE("Pool with 1, 2 and 3 processes, default size", "[pool]") {
     for (std::size_t n = 1; n <= 3; ++n) {
         INFO("processes = " << n);
         mp::Pool pool(n);

@@ -302,7 +302,7 @@ TEST_CASE("Process target may be a lambda with trivially copyable captures", "[p
     CHECK(q.exitcode() == std::optional<int>(0));
 }
 
-TEST_CASE("A target's return value is ignored; the exit code is 0", "[process]") {
+TEST_CASE("A target's return value is ignored, the exit code is 0", "[process]") {
     mp::Process p(returns_five);
     Reaper reaper{p};
     p.start();
@@ -332,7 +332,7 @@ TEST_CASE("Subclassing Process and overriding run()", "[process]") {
     CHECK(t.exitcode() == std::optional<int>(1));
 }
 
-TEST_CASE("Default names are Process-N, increasing; set_name changes it", "[process]") {
+TEST_CASE("Default names are Process-N, increasing, set_name changes it", "[process]") {
     mp::Process a(noop);
     mp::Process b(noop);
     int na = default_name_number(std::string(a.name()));

@@ -257,7 +257,7 @@ public:
     // Returns this waiter's arrival index, 0 .. parties-1. Throws BrokenBarrierError if
     // the barrier is or becomes broken, aborted or reset while waiting, or if the wait
     // times out (which breaks it for everyone, as in Python).
-    int wait() { return wait_until(detail::Deadline(default_timeout_)); }
+    int wait() { return wait_until(detail::Deadline::after(default_timeout_)); }
     int wait(Timeout timeout) { return wait_until(detail::Deadline(timeout)); }
 
     // Back to the empty state; waiters now waiting get BrokenBarrierError.

@@ -105,6 +105,14 @@ private:
     ByteReader& r_;
 };
 
+}  // namespace multiprocessing::detail
+
+// Pairs the two archives for cereal, whose enum support (std::byte among them) loads
+// through save_minimal's type and so must know the output archive of an input archive.
+CEREAL_SETUP_ARCHIVE_TRAITS(multiprocessing::detail::InArchive, multiprocessing::detail::OutArchive)
+
+namespace multiprocessing::detail {
+
 template <class T>
 inline constexpr bool is_std_aggregate_cereal_knows = false;
 template <class T, std::size_t N>

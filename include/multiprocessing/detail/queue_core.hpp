@@ -172,8 +172,7 @@ public:
                 // Data waits in a lane another consumer holds: wait for that lock (this is
                 // also how a consumer that died holding it is taken over).
                 QueueLane& lane = lanes_[*busy_lane];
-                const Deadline lock_deadline(
-                    std::min<std::chrono::nanoseconds>(deadline.sleep_for(std::chrono::hours(1)), 2 * owner_check_interval));
+                const Deadline lock_deadline(deadline.sleep_for(2 * owner_check_interval));
                 // Then choose again among all lanes, so the oldest record still goes first.
                 if (lane.consumer_lock.acquire(lock_deadline)) lane.consumer_lock.release();
                 if (deadline.expired()) return QueueWait::timed_out;
@@ -289,7 +288,7 @@ private:
             // seq_cst: Dekker with free_slot().
             header_->sleeping_producers.fetch_add(1, std::memory_order_seq_cst);
             const auto slept_from = Clock::now();
-            futex_wait(items, n, deadline.sleep_for());
+            futex_wait(items, n, deadline.sleep_for(owner_check_interval));
             header_->sleeping_producers.fetch_sub(1, std::memory_order_relaxed);
             // Full for a whole check interval: give back the slots of dead processes'
             // unfinished operations (ours is recorded too, but we are alive).

@@ -23,43 +23,15 @@
 
 #include <pthread.h>
 
+#include "deadline.hpp"
 #include "futex.hpp"
 #include "process_state.hpp"
 #include "shared_object.hpp"
 
 namespace multiprocessing::detail {
 
-using Clock = std::chrono::steady_clock;
-
 // How long a blocked waiter sleeps before it checks on the holder.
 inline constexpr std::chrono::milliseconds owner_check_interval{100};
-
-// When a timed wait ends; none for an untimed one.
-class Deadline {
-public:
-    Deadline() = default;  // never
-    template <class Rep, class Period>
-    explicit Deadline(std::chrono::duration<Rep, Period> timeout)
-        : at_(Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                 std::max(std::chrono::duration<Rep, Period>::zero(), timeout))) {}
-    static Deadline now() { return Deadline(std::chrono::nanoseconds(0)); }
-    explicit Deadline(std::optional<std::chrono::duration<double>> timeout) {
-        if (timeout) *this = Deadline(*timeout);
-    }
-
-    bool expired() const { return at_ && Clock::now() >= *at_; }
-    bool timed() const noexcept { return at_.has_value(); }
-    // How long to sleep next: until the deadline, but at most `cap`.
-    std::chrono::nanoseconds sleep_for(std::chrono::nanoseconds cap = owner_check_interval) const {
-        if (!at_) return cap;
-        return std::clamp<std::chrono::nanoseconds>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(*at_ - Clock::now()), std::chrono::nanoseconds(0),
-            cap);
-    }
-
-private:
-    std::optional<Clock::time_point> at_;
-};
 
 // A short spin before sleeping: a lock is usually held for less than a system call.
 inline constexpr SpinPolicy lock_spin{100, std::chrono::microseconds(0)};
@@ -108,7 +80,7 @@ struct OwnerLock {
             }
             if (deadline.expired()) return false;
             const auto slept_from = Clock::now();
-            futex_wait(word, cur, deadline.sleep_for());
+            futex_wait(word, cur, deadline.sleep_for(owner_check_interval));
             // After a full check interval with the same holder, ask whether it is alive.
             if (Clock::now() - slept_from >= owner_check_interval && word.load(std::memory_order_relaxed) == cur &&
                 !task_alive(static_cast<pid_t>(cur & owner_mask))) {
@@ -305,7 +277,7 @@ struct CountingSemaphore {
             // compare in futex_wait sees its increment.
             sleepers.fetch_add(1, std::memory_order_seq_cst);
             const auto slept_from = Clock::now();
-            futex_wait(value, 0, deadline.sleep_for());
+            futex_wait(value, 0, deadline.sleep_for(owner_check_interval));
             sleepers.fetch_sub(1, std::memory_order_relaxed);
             if (Clock::now() - slept_from >= owner_check_interval) give_back(holders.reclaim_dead());
         }

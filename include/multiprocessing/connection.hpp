@@ -1,0 +1,455 @@
+// Python's multiprocessing.connection: Pipe, Connection, wait.
+//
+//   auto [a, b] = mp::Pipe<T>();              // duplex: both ends send and receive
+//   auto [r, w] = mp::Pipe<T>(false);         // r receives only, w sends only
+//   w.send(x);  T v = r.recv();
+//
+// Both kinds are an AF_UNIX stream socketpair (a one-way pipe has the unused directions
+// shut down), so a send can say MSG_NOSIGNAL: writing to a peer that is gone throws
+// std::system_error(EPIPE) instead of killing the process with SIGPIPE.
+//
+// Every message is one frame: a u64 length (little-endian) and then that many bytes.
+// send() writes the encoded value (detail::put) as the payload and send_bytes() the raw
+// bytes, so recv_bytes() can receive what send() sent, as in Python.
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <concepts>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <ctime>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "context.hpp"
+#include "detail/codec.hpp"
+#include "detail/deadline.hpp"
+#include "detail/wire.hpp"
+#include "errors.hpp"
+
+namespace multiprocessing {
+
+namespace detail {
+
+// A process-local lock that a waiter can give up on at a deadline. (std::timed_mutex
+// would do, but ThreadSanitizer does not see its try_lock_until, pthread_mutex_clocklock,
+// and then reports every unlock after it as an error.)
+class DeadlineLock {
+public:
+    void lock() {
+        std::unique_lock guard(mutex_);
+        released_.wait(guard, [&] { return !held_; });
+        held_ = true;
+    }
+    template <class Clock, class Duration>
+    bool try_lock_until(const std::chrono::time_point<Clock, Duration>& deadline) {
+        std::unique_lock guard(mutex_);
+        if (!released_.wait_until(guard, deadline, [&] { return !held_; })) return false;
+        held_ = true;
+        return true;
+    }
+    void unlock() {
+        {
+            std::lock_guard guard(mutex_);
+            held_ = false;
+        }
+        released_.notify_one();
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable released_;
+    bool held_ = false;
+};
+
+// ---- one end of a pipe, as this process holds it -------------------------------------------
+
+// Owns the fd that every copy of a Connection in this process shares. close() may come
+// from any thread while another is in the middle of a send or recv: the fd then stays
+// open until that call returns, so it can never be a number that the kernel has already
+// handed to an unrelated open().
+class PipeEndpoint {
+public:
+    PipeEndpoint(bool readable, bool writable) noexcept : readable_(readable), writable_(writable) {}
+    PipeEndpoint(const PipeEndpoint&) = delete;
+    PipeEndpoint& operator=(const PipeEndpoint&) = delete;
+    ~PipeEndpoint() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+
+    // The fd, kept open for as long as this lives.
+    class InUse {
+    public:
+        InUse(PipeEndpoint& endpoint, int fd) noexcept : endpoint_(&endpoint), fd_(fd) {}
+        InUse(InUse&& other) noexcept : endpoint_(std::exchange(other.endpoint_, nullptr)), fd_(other.fd_) {}
+        InUse& operator=(InUse&&) = delete;
+        ~InUse() {
+            if (endpoint_) endpoint_->release();
+        }
+        int fd() const noexcept { return fd_; }
+
+    private:
+        PipeEndpoint* endpoint_;
+        int fd_;
+    };
+
+    // Takes ownership of `fd` (which cannot fail, so nothing can leak it).
+    void adopt(int fd) noexcept { fd_ = fd; }
+
+    InUse use(const char* op) {
+        std::lock_guard lock(state_mutex_);
+        if (closed_)
+            throw ValueError(wire::error_text(op, "the connection is closed (close() was called on this end "
+                                                  "in this process); use another end, or create a new Pipe"));
+        ++users_;
+        return InUse(*this, fd_);
+    }
+
+    void close() {
+        std::lock_guard lock(state_mutex_);
+        if (closed_) return;
+        closed_ = true;
+        if (users_ == 0) close_fd();
+    }
+
+    bool closed() const {
+        std::lock_guard lock(state_mutex_);
+        return closed_;
+    }
+    bool readable() const noexcept { return readable_ && !lost_position(); }
+    bool writable() const noexcept { return writable_; }
+    // After a message too long for recv_bytes(maxlength) the position in the stream is
+    // lost, so this end stops receiving (as in Python).
+    void lose_position() noexcept { lost_position_.store(true, std::memory_order_relaxed); }
+    bool lost_position() const noexcept { return lost_position_.load(std::memory_order_relaxed); }
+
+    // Whole frames only: two threads of this process never interleave theirs. (Between
+    // processes sharing one end, frames from different writers may interleave, as in
+    // Python; give each writer its own pipe.) recv's lock is timed so that recv(timeout)
+    // also gives up while another thread is the one waiting.
+    std::mutex send_lock;
+    DeadlineLock recv_lock;
+
+private:
+    void release() {
+        std::lock_guard lock(state_mutex_);
+        if (--users_ == 0 && closed_) close_fd();
+    }
+    void close_fd() noexcept {
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = -1;
+    }
+
+    mutable std::mutex state_mutex_;
+    int fd_ = -1;
+    int users_ = 0;
+    bool closed_ = false;
+    const bool readable_;
+    const bool writable_;
+    std::atomic<bool> lost_position_{false};
+};
+
+}  // namespace detail
+
+template <class T>
+class Connection;
+
+template <class T>
+std::pair<Connection<T>, Connection<T>> Pipe(bool duplex = true);
+
+// One end of a Pipe. A handle: copies in one process share one endpoint, and a child
+// gets its own by inheritance (created before start()) or as a Process argument.
+template <class T>
+class Connection {
+public:
+    static constexpr bool is_process_shared_handle = true;
+
+    // Sends `obj` to the other end, whole, as one message.
+    void send(const T& obj) {
+        constexpr const char* op = "Connection.send";
+        check_writable(op);
+        const std::size_t size = detail::encoded_size(obj);
+        const std::size_t frame_size = detail::wire::frame_header_size + size;
+        // Encoding writes every byte, so zero-filling first would only cost time.
+        auto frame = std::make_unique_for_overwrite<std::byte[]>(frame_size);
+        detail::wire::encode_frame_header(frame.get(), size);
+        detail::ByteWriter writer(frame.get() + detail::wire::frame_header_size);
+        detail::put(writer, obj);
+        iovec iov{frame.get(), frame_size};
+        write_frame(op, &iov, 1);
+    }
+
+    // Blocks until a message arrives; EOFError once the other end is closed (in every
+    // process that held it) and every message sent has been read.
+    T recv() { return receive_value(std::nullopt); }
+
+    // Every receiving call has a form with a timeout: it throws TimeoutError when no
+    // message starts arriving within `timeout`. Once one has started, the rest is read
+    // without a limit: giving up half-way would leave the stream inside a frame.
+    T recv(Timeout timeout) { return receive_value(timeout); }
+
+    void send_bytes(std::span<const std::byte> buf) {
+        constexpr const char* op = "Connection.send_bytes";
+        check_writable(op);
+        std::byte header[detail::wire::frame_header_size];
+        detail::wire::encode_frame_header(header, buf.size());
+        iovec iov[2] = {{header, sizeof header}, {const_cast<std::byte*>(buf.data()), buf.size()}};
+        write_frame(op, iov, 2);
+    }
+
+    // Python's send_bytes(buf, offset, size): sends buf[offset : offset + size], or to
+    // the end when `size` is empty.
+    void send_bytes(std::span<const std::byte> buf, std::size_t offset, std::optional<std::size_t> size = std::nullopt) {
+        if (offset > buf.size())
+            throw ValueError(detail::wire::error_text("Connection.send_bytes",
+                                                      "offset " + std::to_string(offset) +
+                                                          " is past the end of the buffer (" +
+                                                          std::to_string(buf.size()) + " bytes)"));
+        const std::size_t n = size.value_or(buf.size() - offset);
+        if (n > buf.size() - offset)
+            throw ValueError(detail::wire::error_text("Connection.send_bytes",
+                                                      "offset + size = " + std::to_string(offset) + " + " +
+                                                          std::to_string(n) + " is past the end of the buffer (" +
+                                                          std::to_string(buf.size()) + " bytes)"));
+        send_bytes(buf.subspan(offset, n));
+    }
+
+    std::vector<std::byte> recv_bytes() { return receive_bytes(std::nullopt, std::nullopt); }
+    std::vector<std::byte> recv_bytes(Timeout timeout) { return receive_bytes(std::nullopt, timeout); }
+
+    // Throws std::system_error(EMSGSIZE) for a longer message and, as Python does, stops
+    // this end from receiving: the rest of that message is never read, so nothing after
+    // it could be found.
+    std::vector<std::byte> recv_bytes(std::size_t maxlength) { return receive_bytes(maxlength, std::nullopt); }
+    std::vector<std::byte> recv_bytes(std::size_t maxlength, Timeout timeout) {
+        return receive_bytes(maxlength, timeout);
+    }
+
+    // Reads one message into buf[offset:] and returns its size. When it does not fit,
+    // throws BufferTooShort carrying the whole message, which is consumed either way.
+    std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset = 0) {
+        return receive_bytes_into(buf, offset, std::nullopt);
+    }
+    std::size_t recv_bytes_into(std::span<std::byte> buf, Timeout timeout) {
+        return receive_bytes_into(buf, 0, timeout);
+    }
+    std::size_t recv_bytes_into(std::span<std::byte> buf, std::size_t offset, Timeout timeout) {
+        return receive_bytes_into(buf, offset, timeout);
+    }
+
+    // Whether a message (or EOF) is waiting; never blocks, as Python's poll() (timeout 0).
+    bool poll() { return poll(Timeout::zero()); }
+    // Waits at most `timeout` for a message (or EOF).
+    bool poll(Timeout timeout) {
+        constexpr const char* op = "Connection.poll";
+        check_readable(op);
+        auto in_use = endpoint().use(op);
+        return detail::wire::readable_within(in_use.fd(), detail::Deadline(timeout));
+    }
+
+    // Closes this end in this process, for every copy held here. The other end sees
+    // EOFError once every process that held this end has closed it or exited.
+    void close() {
+        if (endpoint_) endpoint_->close();
+    }
+    bool closed() const { return !endpoint_ || endpoint_->closed(); }
+    bool readable() const noexcept { return endpoint_ && endpoint_->readable(); }
+    bool writable() const noexcept { return endpoint_ && endpoint_->writable(); }
+
+    // The socket's fd, for ::poll/select/epoll. It stays owned by the Connection.
+    int fileno() const {
+        auto in_use = endpoint().use("Connection.fileno");
+        return in_use.fd();
+    }
+
+private:
+    friend std::pair<Connection<T>, Connection<T>> Pipe<T>(bool);
+    explicit Connection(std::shared_ptr<detail::PipeEndpoint> endpoint) : endpoint_(std::move(endpoint)) {}
+
+    detail::PipeEndpoint& endpoint() const {
+        if (!endpoint_)
+            throw ValueError("Connection: this Connection was moved from; use the one it was moved to");
+        return *endpoint_;
+    }
+
+    void check_readable(const char* op) const {
+        if (endpoint().lost_position())
+            throw ValueError(detail::wire::error_text(
+                op, "this end no longer receives: an earlier recv_bytes(maxlength) met a longer message, "
+                    "and without reading it the next one cannot be found"));
+        if (!endpoint().readable())
+            throw ValueError(detail::wire::error_text(
+                op, "this end of a one-way Pipe(duplex=false) only sends; receive on the first end of the "
+                    "pair (auto [r, w] = Pipe<T>(false): r receives)"));
+    }
+    void check_writable(const char* op) const {
+        if (!endpoint().writable())
+            throw ValueError(detail::wire::error_text(
+                op, "this end of a one-way Pipe(duplex=false) only receives; send on the second end of the "
+                    "pair (auto [r, w] = Pipe<T>(false): w sends)"));
+    }
+    void write_frame(const char* op, iovec* iov, std::size_t count) {
+        auto in_use = endpoint().use(op);
+        std::lock_guard lock(endpoint().send_lock);
+        detail::wire::send_all(in_use.fd(), iov, count, op);
+    }
+
+    // One whole message; the caller holds recv_lock.
+    static std::vector<std::byte> read_message(int fd, const char* op) {
+        const std::size_t size = detail::wire::checked_message_size(detail::wire::read_frame_header(fd, op), op);
+        std::vector<std::byte> payload(size);
+        detail::wire::read_frame_payload(fd, payload.data(), size, op);
+        return payload;
+    }
+
+    static T decode(const std::vector<std::byte>& payload, const char* op) {
+        detail::ByteReader reader(payload);
+        T value = detail::get<T>(reader);
+        if (reader.remaining() != 0)
+            throw ProcessError(detail::wire::error_text(
+                op, "the message has " + std::to_string(reader.remaining()) +
+                        " bytes more than a value of this Connection's type uses; was it sent with "
+                        "send_bytes(), or through a Connection of another type?"));
+        return value;
+    }
+
+    // What every receiving call holds while it reads one message: this end's receive
+    // lock (so frames are read whole) and its fd (kept open meanwhile).
+    struct Receiving {
+        detail::PipeEndpoint::InUse fd;
+        std::unique_lock<detail::DeadlineLock> lock;
+    };
+
+    // Waits for the receive lock and for the first byte of a message; TimeoutError if
+    // `timeout` runs out first.
+    Receiving start_receiving(const char* op, std::optional<Timeout> timeout) {
+        check_readable(op);
+        auto& ep = endpoint();
+        // The fd first: a closed end fails at once, not after another thread's recv.
+        auto in_use = ep.use(op);
+        if (!timeout) return Receiving{std::move(in_use), std::unique_lock(ep.recv_lock)};
+        const auto deadline = detail::Deadline(*timeout);
+        std::unique_lock lock(ep.recv_lock, std::defer_lock);
+        if (!deadline.timed())
+            lock.lock();
+        else if (!lock.try_lock_until(*deadline.at()))
+            throw timed_out(op, *timeout);
+        if (!detail::wire::readable_within(in_use.fd(), deadline)) throw timed_out(op, *timeout);
+        return Receiving{std::move(in_use), std::move(lock)};
+    }
+
+    T receive_value(std::optional<Timeout> timeout) {
+        constexpr const char* op = "Connection.recv";
+        auto r = start_receiving(op, timeout);
+        return decode(read_message(r.fd.fd(), op), op);
+    }
+
+    std::size_t receive_bytes_into(std::span<std::byte> buf, std::size_t offset, std::optional<Timeout> timeout) {
+        constexpr const char* op = "Connection.recv_bytes_into";
+        if (offset > buf.size())
+            throw ValueError(detail::wire::error_text(op, "offset " + std::to_string(offset) +
+                                                              " is past the end of the buffer (" +
+                                                              std::to_string(buf.size()) + " bytes)"));
+        auto r = start_receiving(op, timeout);
+        const int fd = r.fd.fd();
+        const std::size_t size = detail::wire::checked_message_size(detail::wire::read_frame_header(fd, op), op);
+        const std::size_t room = buf.size() - offset;
+        if (size <= room) {
+            detail::wire::read_frame_payload(fd, buf.data() + offset, size, op);
+            return size;
+        }
+        std::vector<std::byte> whole(size);
+        detail::wire::read_frame_payload(fd, whole.data(), size, op);
+        throw BufferTooShort(
+            detail::wire::error_text(op, "the message is " + std::to_string(size) +
+                                             " bytes but the buffer has room for " + std::to_string(room) +
+                                             (offset ? " after offset " + std::to_string(offset) : std::string()) +
+                                             "; the whole message is in BufferTooShort::message()"),
+            std::move(whole));
+    }
+
+    std::vector<std::byte> receive_bytes(std::optional<std::size_t> maxlength, std::optional<Timeout> timeout) {
+        constexpr const char* op = "Connection.recv_bytes";
+        auto r = start_receiving(op, timeout);
+        const int fd = r.fd.fd();
+        const std::uint64_t length = detail::wire::read_frame_header(fd, op);
+        if (maxlength && length > *maxlength) {
+            endpoint().lose_position();
+            throw std::system_error(
+                EMSGSIZE, std::generic_category(),
+                detail::wire::error_text(op, "bad message length: the message is " + std::to_string(length) +
+                                                 " bytes, more than maxlength = " + std::to_string(*maxlength) +
+                                                 "; it was not read, so this end no longer receives"));
+        }
+        const std::size_t size = detail::wire::checked_message_size(length, op);
+        std::vector<std::byte> payload(size);
+        detail::wire::read_frame_payload(fd, payload.data(), size, op);
+        return payload;
+    }
+
+    static TimeoutError timed_out(const char* op, Timeout timeout) {
+        return TimeoutError(
+            detail::wire::error_text(op, "no message arrived within " + detail::describe_seconds(timeout)));
+    }
+
+    std::shared_ptr<detail::PipeEndpoint> endpoint_;
+};
+
+// Python's Pipe(duplex=True). With duplex = false the first end only receives and the
+// second only sends.
+template <class T>
+std::pair<Connection<T>, Connection<T>> Pipe(bool duplex) {
+    detail::require_transferable<T>();
+    // Everything that can throw comes before the fds exist, so none can leak.
+    auto first = std::make_shared<detail::PipeEndpoint>(true, duplex);
+    auto second = std::make_shared<detail::PipeEndpoint>(duplex, true);
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+        detail::throw_errno("Pipe: socketpair (out of file descriptors? see ulimit -n)");
+    first->adopt(fds[0]);
+    second->adopt(fds[1]);
+    if (!duplex) {
+        // The kernel enforces the direction too, so even a raw write to fileno() of
+        // the receiving end cannot reach the sender.
+        ::shutdown(fds[0], SHUT_WR);
+        ::shutdown(fds[1], SHUT_RD);
+    }
+    return {Connection<T>(std::move(first)), Connection<T>(std::move(second))};
+}
+
+
+namespace connection {
+
+// Python's multiprocessing.connection.wait(object_list, timeout=None): blocks until at
+// least one object is ready (a message or EOF waiting; a sentinel's process has exited)
+// and returns the ready ones, in the order given.
+template <detail::wire::waitable C>
+std::vector<C> wait(const std::vector<C>& object_list) {
+    return detail::wire::wait_until(object_list, detail::Deadline{});
+}
+
+// As above, but waits at most `timeout`; returns an empty vector if nothing got ready.
+template <detail::wire::waitable C>
+std::vector<C> wait(const std::vector<C>& object_list, Timeout timeout) {
+    return detail::wire::wait_until(object_list, detail::Deadline(timeout));
+}
+
+}  // namespace connection
+
+}  // namespace multiprocessing

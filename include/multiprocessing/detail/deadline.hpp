@@ -1,0 +1,61 @@
+// When a timed wait ends. Every blocking call has a timed form (API.md), and they all
+// count down the same way: a Deadline is made once from the caller's timeout and asked,
+// at each wake-up, whether it has passed and how long the next sleep may be.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <optional>
+#include <string>
+
+namespace multiprocessing::detail {
+
+using Clock = std::chrono::steady_clock;
+
+class Deadline {
+public:
+    // Never: an untimed wait.
+    Deadline() = default;
+    // `timeout` from now. Zero, negative or NaN means "do not wait" (as in Python); one
+    // too large for the clock (beyond ~30 years) means never.
+    explicit Deadline(std::chrono::duration<double> timeout) {
+        const double seconds = timeout.count();
+        if (!(seconds > 0))
+            at_ = Clock::now();
+        else if (seconds <= 1e9)
+            at_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(timeout);
+    }
+    static Deadline now() { return Deadline(std::chrono::duration<double>(0)); }
+    // Python's timeout=None is no deadline.
+    static Deadline after(std::optional<std::chrono::duration<double>> timeout) {
+        return timeout ? Deadline(*timeout) : Deadline();
+    }
+
+    bool expired() const { return at_ && Clock::now() >= *at_; }
+    bool timed() const noexcept { return at_.has_value(); }
+    const std::optional<Clock::time_point>& at() const noexcept { return at_; }
+    // What is left (zero once passed), or nothing for an untimed wait.
+    std::optional<std::chrono::nanoseconds> remaining() const {
+        if (!at_) return std::nullopt;
+        return std::max(std::chrono::nanoseconds(0),
+                        std::chrono::duration_cast<std::chrono::nanoseconds>(*at_ - Clock::now()));
+    }
+    // How long to sleep next: until the deadline, but at most `cap`.
+    std::chrono::nanoseconds sleep_for(std::chrono::nanoseconds cap) const {
+        const auto left = remaining();
+        return left ? std::min(*left, cap) : cap;
+    }
+
+private:
+    std::optional<Clock::time_point> at_;
+};
+
+// "2.5 s", for error messages about a timeout.
+inline std::string describe_seconds(std::chrono::duration<double> timeout) {
+    char text[64];
+    std::snprintf(text, sizeof text, "%g s", timeout.count());
+    return text;
+}
+
+}  // namespace multiprocessing::detail
