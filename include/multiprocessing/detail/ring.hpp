@@ -33,13 +33,18 @@ inline constexpr std::uint32_t warm_bytes = 4u << 20;
 struct RingControl {
     // Producer's line. `head` is the end of the last committed record.
     alignas(cache_line) std::atomic<std::uint32_t> head{0};
-    std::atomic<std::uint32_t> producer_waiting{0};
     std::uint32_t cached_tail = 0;  // producer-only: last tail seen, saves a shared read
 
     // Consumer's line. `tail` is the end of the last released record.
     alignas(cache_line) std::atomic<std::uint32_t> tail{0};
-    std::atomic<std::uint32_t> consumer_waiting{0};
     std::uint32_t cached_head = 0;  // consumer-only: last head seen
+
+    // Set only by a side about to sleep, read by the other side at every commit or
+    // release: on a line of their own, so those reads do not pull in the line the other
+    // side writes at every record (the flags used to share the head and tail lines, which
+    // cost a cache-line transfer per record between cores).
+    alignas(cache_line) std::atomic<std::uint32_t> producer_waiting{0};
+    std::atomic<std::uint32_t> consumer_waiting{0};
 
     // Only when neither side can be running (the other process is dead or not yet born).
     void reset() noexcept {
@@ -121,11 +126,7 @@ public:
     // Publishes the reserved record. Returns true when the consumer was asleep and has
     // been woken (a system call); false on the fast path.
     bool commit(std::uint32_t kind) noexcept {
-        write_header(reserved_at_, {reserved_size_, kind});
-        const std::uint32_t head = c_->head.load(std::memory_order_relaxed);
-        // release: the payload and header written above become visible to a consumer
-        // that reads the new head with acquire.
-        c_->head.store(head + reserved_total_, std::memory_order_release);
+        publish(kind);
         // seq_cst fence: orders the head store before the read of consumer_waiting, the
         // other half of the consumer's "set waiting, fence, re-read head" (Dekker): one of
         // the two sides must see the other, so a wake-up is never lost.
@@ -136,6 +137,16 @@ public:
             return true;
         }
         return false;
+    }
+
+    // Publishes the reserved record for a consumer that never sleeps on this ring's own
+    // flag (it has a doorbell of its own): no fence, no check.
+    void publish(std::uint32_t kind) noexcept {
+        write_header(reserved_at_, {reserved_size_, kind});
+        const std::uint32_t head = c_->head.load(std::memory_order_relaxed);
+        // release: the payload and header written above become visible to a consumer
+        // that reads the new head with acquire.
+        c_->head.store(head + reserved_total_, std::memory_order_release);
     }
 
     // Blocks until a payload of `size` bytes can be reserved, or until `give_up()` says
