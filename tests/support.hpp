@@ -7,6 +7,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <multiprocessing.hpp>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -17,10 +19,12 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <fstream>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 
 namespace mp_test {
 
@@ -124,5 +128,70 @@ inline bool wait_gone(pid_t pid, std::chrono::milliseconds timeout) {
     }
     return pid_gone(pid);
 }
+
+// Kills and joins a child that a failing test left running, so that a failure is a
+// failure and not a hang at exit (non-daemon children are joined at exit).
+inline void kill_if_alive(multiprocessing::Process& p) noexcept {
+    try {
+        if (p.is_alive()) {
+            p.kill();
+            p.join();
+        }
+    } catch (...) {
+    }
+}
+
+struct Reaper {
+    multiprocessing::Process& p;
+    ~Reaper() { kill_if_alive(p); }
+};
+
+// The children of one test, started as they are added; whatever is still running when
+// the test ends (a failing test) is killed and reaped.
+class Children {
+public:
+    explicit Children(bool daemon = false) : daemon_(daemon) {}
+    Children(const Children&) = delete;
+    Children& operator=(const Children&) = delete;
+    ~Children() {
+        for (auto& p : procs_) kill_if_alive(p);
+    }
+
+    template <class F, class... A>
+    multiprocessing::Process& start(F&& f, A&&... args) {
+        auto& p = procs_.emplace_back(std::forward<F>(f), std::forward<A>(args)...);
+        p.set_daemon(daemon_);
+        p.start();
+        return p;
+    }
+    multiprocessing::Process& operator[](std::size_t i) { return procs_[i]; }
+    std::size_t size() const noexcept { return procs_.size(); }
+
+    // Every child exits within `timeout`, with exit code 0 (its checks passed).
+    void join_all(multiprocessing::Timeout timeout = std::chrono::seconds(20)) {
+        for (auto& p : procs_) {
+            REQUIRE(p.join(timeout));
+            CHECK(p.exitcode() == 0);
+        }
+    }
+    // The same as a value, saying what went wrong: true if every child ended with 0.
+    bool join_all_ok(multiprocessing::Timeout timeout = std::chrono::seconds(30)) {
+        bool ok = true;
+        for (auto& p : procs_) {
+            if (!p.join(timeout)) {
+                UNSCOPED_INFO("a child did not end within the timeout");
+                ok = false;
+            } else if (p.exitcode() != 0) {
+                UNSCOPED_INFO("a child ended with exit code " << p.exitcode().value_or(-999));
+                ok = false;
+            }
+        }
+        return ok;
+    }
+
+private:
+    bool daemon_;
+    std::deque<multiprocessing::Process> procs_;  // a deque: references stay valid as it grows
+};
 
 }  // namespace mp_test

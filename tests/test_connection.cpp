@@ -76,20 +76,7 @@ std::string text_of(std::span<const std::byte> b) {
 
 std::span<const std::byte> view(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
 
-// Kills and joins a child that a failing test left behind, so that a failure is a
-// failure and not a hang at exit (non-daemon children are joined at exit).
-struct Reaper {
-    mp::Process& p;
-    ~Reaper() {
-        try {
-            if (p.is_alive()) {
-                p.kill();
-                p.join();
-            }
-        } catch (...) {
-        }
-    }
-};
+using mp_test::Reaper;
 
 // ---------------------------------------------------------------------------------
 // Targets (run in the child).

@@ -104,20 +104,7 @@ bool in_active_children(pid_t pid) {
     return false;
 }
 
-// Kills and joins a child that a failing test left behind, so that a failure is a
-// failure and not a hang at exit (non-daemon children are joined at exit).
-struct Reaper {
-    mp::Process& p;
-    ~Reaper() {
-        try {
-            if (p.is_alive()) {
-                p.kill();
-                p.join();
-            }
-        } catch (...) {
-        }
-    }
-};
+using mp_test::Reaper;
 
 int default_name_number(const std::string& name) {
     const std::string prefix = "Process-";

@@ -59,51 +59,9 @@ constexpr double slack = 5.0;   // how late a timed wait may end, generously
 // ---------------------------------------------------------------------------------
 // Child processes
 
-// Starts daemon children and, when the test ends (passing or not), kills and joins any
-// that are still running.
-class Kids {
-public:
-    Kids() = default;
-    Kids(const Kids&) = delete;
-    Kids& operator=(const Kids&) = delete;
-    ~Kids() {
-        for (auto& p : procs_) {
-            try {
-                if (p.is_alive()) {
-                    p.kill();
-                    p.join();
-                }
-            } catch (...) {
-            }
-        }
-    }
-
-    template <class F, class... Args>
-    mp::Process& start(F&& f, Args&&... args) {
-        auto& p = procs_.emplace_back(std::forward<F>(f), std::forward<Args>(args)...);
-        p.set_daemon(true);
-        p.start();
-        return p;
-    }
-    // Joins every child (each within `timeout`); true if all ended with exit code 0.
-    bool join_all_ok(mp::Timeout timeout = 30s) {
-        bool ok = true;
-        for (auto& p : procs_) {
-            if (!p.join(timeout)) {
-                UNSCOPED_INFO("a child did not end within the timeout");
-                ok = false;
-                continue;
-            }
-            if (p.exitcode() != 0) {
-                UNSCOPED_INFO("a child ended with exit code " << p.exitcode().value_or(-999));
-                ok = false;
-            }
-        }
-        return ok;
-    }
-
-private:
-    std::deque<mp::Process> procs_;
+// Daemon children; any still running when the test ends (passing or not) are killed.
+struct Kids : mp_test::Children {
+    Kids() : Children(/*daemon=*/true) {}
 };
 
 // ---------------------------------------------------------------------------------

@@ -37,36 +37,7 @@ namespace {
                                      ": check failed: " #cond);                                      \
     } while (0)
 
-// The children of one test; leftovers of a failing test are killed on scope exit.
-class Children {
-public:
-    template <class F, class... A>
-    mp::Process& start(F f, A&&... args) {
-        procs_.emplace_back(f, std::forward<A>(args)...);
-        procs_.back().start();
-        return procs_.back();
-    }
-    void join_all(std::chrono::duration<double> timeout = std::chrono::seconds(20)) {
-        for (auto& p : procs_) {
-            REQUIRE(p.join(timeout));
-            CHECK(p.exitcode() == 0);
-        }
-    }
-    ~Children() {
-        for (auto& p : procs_) {
-            try {
-                if (p.is_alive()) {
-                    p.kill();
-                    p.join();
-                }
-            } catch (...) {
-            }
-        }
-    }
-
-private:
-    std::deque<mp::Process> procs_;
-};
+using mp_test::Children;
 
 // Runs f(args...) in a child and waits for it to succeed.
 template <class F, class... A>

@@ -46,41 +46,7 @@ namespace {
                                      ": check failed: " #cond);                                      \
     } while (0)
 
-// The children of one test. Whatever a failing test leaves running is killed and reaped
-// on scope exit, so that a failure is a failure and not a hang.
-class Children {
-public:
-    template <class F, class... A>
-    mp::Process& start(F f, A&&... args) {
-        procs_.emplace_back(f, std::forward<A>(args)...);
-        procs_.back().start();
-        return procs_.back();
-    }
-    mp::Process& operator[](std::size_t i) { return procs_[i]; }
-
-    // Every child exits within `timeout`, with exit code 0 (its checks passed).
-    void join_all(Secs timeout = 20s) {
-        for (auto& p : procs_) {
-            REQUIRE(p.join(timeout));
-            CHECK(p.exitcode() == 0);
-        }
-    }
-
-    ~Children() {
-        for (auto& p : procs_) {
-            try {
-                if (p.is_alive()) {
-                    p.kill();
-                    p.join();
-                }
-            } catch (...) {
-            }
-        }
-    }
-
-private:
-    std::deque<mp::Process> procs_;  // a deque: references stay valid as it grows
-};
+using mp_test::Children;
 
 // Threads of the parent, joined on scope exit (the ones here all wait with timeouts).
 struct Threads {

@@ -59,6 +59,26 @@ private:
     SharedBlock<SharedElements<T>> block_;
 };
 
+// What Value and Array add to their raw forms: the lock, and Python's `with v:` as
+// `std::lock_guard g(v);`.
+template <class L>
+class Synchronized {
+public:
+    L& get_lock() noexcept { return lock_; }
+    void acquire() { lock_.acquire(); }
+    void release() { lock_.release(); }
+    void lock() { lock_.acquire(); }
+    void unlock() { lock_.release(); }
+    bool try_lock() { return lock_.acquire(false); }
+
+protected:
+    Synchronized() = default;
+    explicit Synchronized(L lock) : lock_(std::move(lock)) {}
+
+private:
+    L lock_;
+};
+
 }  // namespace detail
 
 // RawValue(typecode, value): one T in shared memory, no lock.
@@ -78,24 +98,14 @@ private:
 
 // Value(typecode, value): a RawValue with a lock (an RLock unless L says otherwise).
 template <class T, class L = RLock>
-class Value : public RawValue<T> {
+class Value : public RawValue<T>, public detail::Synchronized<L> {
 public:
     Value() = default;
     explicit Value(const T& initial) : RawValue<T>(initial) {}
-    Value(const T& initial, L lock) : RawValue<T>(initial), lock_(std::move(lock)) {}
+    Value(const T& initial, L lock) : RawValue<T>(initial), detail::Synchronized<L>(std::move(lock)) {}
 
-    L& get_lock() noexcept { return lock_; }
     // The unsynchronized view (Python's get_obj()).
     const RawValue<T>& get_obj() const noexcept { return *this; }
-    // Python's `with v:` is `std::lock_guard g(v);`.
-    void acquire() { lock_.acquire(); }
-    void release() { lock_.release(); }
-    void lock() { lock_.acquire(); }
-    void unlock() { lock_.release(); }
-    bool try_lock() { return lock_.acquire(false); }
-
-private:
-    L lock_;
 };
 
 // RawArray(typecode, n | sequence): a fixed-size array in shared memory, no lock.
@@ -145,12 +155,14 @@ private:
 
 // Array(typecode, n | sequence): a RawArray with a lock (an RLock unless L says otherwise).
 template <class T, class L = RLock>
-class Array : public RawArray<T> {
+class Array : public RawArray<T>, public detail::Synchronized<L> {
+    using Lock = detail::Synchronized<L>;
+
 public:
     explicit Array(std::size_t n) : RawArray<T>(n) {}
-    Array(std::size_t n, L lock) : RawArray<T>(n), lock_(std::move(lock)) {}
+    Array(std::size_t n, L lock) : RawArray<T>(n), Lock(std::move(lock)) {}
     Array(std::initializer_list<T> items) : RawArray<T>(items) {}
-    Array(std::initializer_list<T> items, L lock) : RawArray<T>(items), lock_(std::move(lock)) {}
+    Array(std::initializer_list<T> items, L lock) : RawArray<T>(items), Lock(std::move(lock)) {}
     template <std::ranges::input_range R>
         requires(std::convertible_to<std::ranges::range_reference_t<R>, T> &&
                  !std::is_base_of_v<RawArray<T>, std::remove_cvref_t<R>>)
@@ -159,19 +171,9 @@ public:
     template <std::ranges::input_range R>
         requires(std::convertible_to<std::ranges::range_reference_t<R>, T> &&
                  !std::is_base_of_v<RawArray<T>, std::remove_cvref_t<R>>)
-    Array(R&& items, L lock) : RawArray<T>(std::forward<R>(items)), lock_(std::move(lock)) {}
+    Array(R&& items, L lock) : RawArray<T>(std::forward<R>(items)), Lock(std::move(lock)) {}
 
-    L& get_lock() noexcept { return lock_; }
     const RawArray<T>& get_obj() const noexcept { return *this; }
-    // Python's `with a:` is `std::lock_guard g(a);`.
-    void acquire() { lock_.acquire(); }
-    void release() { lock_.release(); }
-    void lock() { lock_.acquire(); }
-    void unlock() { lock_.release(); }
-    bool try_lock() { return lock_.acquire(false); }
-
-private:
-    L lock_;
 };
 
 }  // namespace multiprocessing
