@@ -22,9 +22,22 @@
 #include <deque>
 #include <fstream>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 #include <utility>
+
+// A failed check inside a child process: the child's exit code becomes 1 (the library
+// prints the message on the child's stderr), which the parent's join check sees. In the
+// parent itself (some tests run the same functions there) Catch2 reports it as an
+// unexpected exception.
+#define CHILD_REQUIRE(cond)                                                                          \
+    do {                                                                                             \
+        if (!(cond))                                                                                 \
+            throw std::runtime_error(std::string(__FILE__ ":") + std::to_string(__LINE__) +         \
+                                     ": check failed: " #cond);                                      \
+    } while (0)
 
 namespace mp_test {
 
@@ -192,6 +205,24 @@ public:
 private:
     bool daemon_;
     std::deque<multiprocessing::Process> procs_;  // a deque: references stay valid as it grows
+};
+
+// Item types the tests send around: a trivially copyable struct (copied as bytes) and
+// one with a cereal serialize() (copied through the codec).
+struct Point {
+    double x, y;
+    bool operator==(const Point&) const = default;
+};
+
+struct Record {
+    std::string name;
+    std::vector<double> values;
+    int id = 0;
+    template <class A>
+    void serialize(A& ar) {
+        ar(name, values, id);
+    }
+    bool operator==(const Record&) const = default;
 };
 
 }  // namespace mp_test

@@ -50,20 +50,8 @@ namespace {
 // ---------------------------------------------------------------------------------
 // Values that cross.
 
-struct Point {
-    double x, y;
-    friend bool operator==(const Point&, const Point&) = default;
-};
-
-struct Record {
-    std::string name;
-    std::vector<int> values;
-    template <class Archive>
-    void serialize(Archive& ar) {
-        ar(name, values);
-    }
-    friend bool operator==(const Record&, const Record&) = default;
-};
+using mp_test::Point;
+using mp_test::Record;
 
 using Mixed = std::variant<int, std::string, std::vector<double>, Point, std::map<std::string, int>, Record>;
 

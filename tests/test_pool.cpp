@@ -158,22 +158,10 @@ void void_noop() {}
 
 // Types crossing the boundary
 
-struct Point {
-    double x, y;
-    bool operator==(const Point&) const = default;
-};
+using mp_test::Point;
 Point midpoint(Point a, Point b) { return {(a.x + b.x) / 2, (a.y + b.y) / 2}; }
 
-struct Record {
-    std::string name;
-    std::vector<double> values;
-    int id = 0;
-    template <class A>
-    void serialize(A& ar) {
-        ar(name, values, id);
-    }
-    bool operator==(const Record&) const = default;
-};
+using mp_test::Record;
 static_assert(!std::is_trivially_copyable_v<Record>);
 
 Record enrich(Record r) {

@@ -67,21 +67,9 @@ struct Kids : mp_test::Children {
 // ---------------------------------------------------------------------------------
 // Item types
 
-struct Point {
-    double x, y;
-    bool operator==(const Point&) const = default;
-};
+using mp_test::Point;
 
-struct Record {
-    std::string name;
-    std::vector<double> values;
-    int id = 0;
-    template <class A>
-    void serialize(A& ar) {
-        ar(name, values, id);
-    }
-    bool operator==(const Record&) const = default;
-};
+using mp_test::Record;
 
 // Who put an item, and its place in that producer's sequence.
 struct Tag {

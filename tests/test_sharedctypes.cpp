@@ -30,13 +30,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-#define CHILD_REQUIRE(cond)                                                                          \
-    do {                                                                                             \
-        if (!(cond))                                                                                 \
-            throw std::runtime_error(std::string(__FILE__ ":") + std::to_string(__LINE__) +         \
-                                     ": check failed: " #cond);                                      \
-    } while (0)
-
 using mp_test::Children;
 
 // Runs f(args...) in a child and waits for it to succeed.
@@ -47,10 +40,7 @@ void in_child(F f, A&&... args) {
     kids.join_all();
 }
 
-struct Point {
-    double x, y;
-    friend bool operator==(const Point&, const Point&) = default;
-};
+using mp_test::Point;
 
 // Trivially copyable, but with default member values (not trivially default constructible).
 struct WithDefaults {

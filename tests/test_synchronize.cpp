@@ -36,15 +36,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// A failed check inside a child: the child's exit code becomes 1 (the library prints the
-// message on the child's stderr). In the parent (which runs the same functions in the
-// Barrier tests) Catch2 reports it as an unexpected exception.
-#define CHILD_REQUIRE(cond)                                                                          \
-    do {                                                                                             \
-        if (!(cond))                                                                                 \
-            throw std::runtime_error(std::string(__FILE__ ":") + std::to_string(__LINE__) +         \
-                                     ": check failed: " #cond);                                      \
-    } while (0)
 
 using mp_test::Children;
 
