@@ -179,6 +179,8 @@ public:
                 if (deadline.expired()) return QueueWait::timed_out;
                 continue;
             }
+            // get_nowait() and an expired timeout answer at once, without polling.
+            if (deadline.expired()) return QueueWait::timed_out;
             // Caught up with the producers: look again only every 32 pauses (about half a
             // microsecond here). Each look pulls the lanes' head lines over from the
             // producers' cores, and each pull costs the producer a cache-line transfer at

@@ -56,6 +56,7 @@ struct OwnerLock {
     // Returns false if the deadline passed first.
     bool acquire(const Deadline& deadline) {
         if (try_acquire()) return true;
+        if (deadline.expired()) return false;  // acquire(false): no polling
         // relaxed: only a hint to try the CAS, which itself orders.
         if (spin_until([&] { return word.load(std::memory_order_relaxed) == 0 && try_acquire(); }, lock_spin))
             return true;
@@ -269,6 +270,7 @@ struct CountingSemaphore {
 
     bool acquire(const Deadline& deadline) {
         if (try_acquire()) return true;
+        if (deadline.expired()) return false;  // acquire(false): no polling
         if (spin_until([&] { return try_acquire(); }, lock_spin)) return true;
         for (;;) {
             if (try_acquire()) return true;
