@@ -6,6 +6,13 @@
 // waiting) takes over the lock, or the semaphore units, the dead process held. The lock
 // is then held by the new owner as if the dead one had released it; whatever data the
 // lock protected may be half-updated, exactly as the dead process left it.
+//
+// Who counts as the holder: for Lock and RLock, the thread that acquired (so a Lock
+// held by a thread that has since ended is taken over too, where Python's would stay
+// locked until someone released it); for a Semaphore, the process. Semaphore units a
+// process still holds when it exits normally (returns from main, calls exit(), its
+// target returns) were consumed and stay so; only a process killed or leaving through
+// _exit() gives its units back.
 #pragma once
 
 #include <chrono>
