@@ -94,6 +94,14 @@ void expect_try_acquire(L lock, bool expected) {
     if (got) lock.release();
 }
 
+// Checks, from a child process, whether `lock` can be taken right now (`expected`).
+template <class L>
+void child_try_acquire(const L& lock, bool expected) {
+    Children kid;
+    kid.start(expect_try_acquire<L>, lock, expected);
+    kid.join_all();
+}
+
 // Takes `lock` `depth` times, says so, then either hangs (to be SIGKILLed) or leaves with
 // _exit() without releasing.
 template <class L>
@@ -384,18 +392,14 @@ TEST_CASE("RLock: its owner may take it again, it is free once released as often
     CHECK(lock.acquire(0.1s));
     CHECK(lock.try_lock());
 
-    Children kids;
-    kids.start(expect_try_acquire<mp::RLock>, lock, false);  // held here: not for a child
-    kids.join_all();
+    child_try_acquire(lock, false);  // held here: not for a child
 
     for (int i = 0; i < 4; ++i) lock.release();
-    kids.start(expect_try_acquire<mp::RLock>, lock, false);  // still held once
-    kids.join_all();
+    child_try_acquire(lock, false);  // still held once
     lock.unlock();
     CHECK_THROWS_AS(lock.release(), mp::ValueError);
 
-    kids.start(expect_try_acquire<mp::RLock>, lock, true);  // free now
-    kids.join_all();
+    child_try_acquire(lock, true);  // free now
 }
 
 TEST_CASE("RLock: release by a thread or process that does not own it throws ValueError", "[rlock][threads]") {
@@ -767,12 +771,9 @@ TEST_CASE("Condition: wait(timeout) returns false after about the timeout, holdi
         CHECK(e < 5.0);
         CHECK_FALSE(cond.wait(0s));
         // The lock is held again: no other process can take it.
-        Children kids;
-        kids.start(expect_try_acquire<mp::Condition>, cond, false);
-        kids.join_all();
+        child_try_acquire(cond, false);
         cond.release();
-        kids.start(expect_try_acquire<mp::Condition>, cond, true);
-        kids.join_all();
+        child_try_acquire(cond, true);
     }
 }
 
@@ -902,14 +903,11 @@ TEST_CASE("Condition: its lock is the given Lock or RLock", "[condition][lock]")
         mp::RLock r;
         mp::Condition c(r);
         c.acquire();
-        Children kids;
-        kids.start(expect_try_acquire<mp::RLock>, r, false);
-        kids.join_all();
+        child_try_acquire(r, false);
         CHECK(r.acquire(false));  // the same owner
         r.release();
         c.release();
-        kids.start(expect_try_acquire<mp::RLock>, r, true);
-        kids.join_all();
+        child_try_acquire(r, true);
     }
 }
 
@@ -1422,9 +1420,7 @@ TEST_CASE("Robustness: an RLock whose holder died (3 levels deep) is taken by th
         CHECK(lock.held_by_me());
         lock.release();  // held once by us, not 3 times by the dead one
         CHECK_THROWS_AS(lock.release(), mp::ValueError);
-        Children probe;
-        probe.start(expect_try_acquire<mp::RLock>, lock, true);
-        probe.join_all();
+        child_try_acquire(lock, true);
     }
 }
 
