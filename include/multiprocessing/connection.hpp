@@ -1,8 +1,12 @@
-// Python's multiprocessing.connection: Pipe, Connection, wait.
+// Python's multiprocessing.connection: Pipe, Connection, wait, Listener, Client.
 //
 //   auto [a, b] = mp::Pipe<T>();              // duplex: both ends send and receive
 //   auto [r, w] = mp::Pipe<T>(false);         // r receives only, w sends only
 //   w.send(x);  T v = r.recv();
+//
+//   mp::connection::Listener<T> listener({"127.0.0.1", 0}, "secret");   // or Address::unix_socket("@name")
+//   auto conn = mp::connection::Client<T>(listener.address(), "secret"); // in another process
+//   auto peer = listener.accept();            // a Connection<T> like a Pipe end
 //
 // Both kinds are an AF_UNIX stream socketpair (a one-way pipe has the unused directions
 // shut down), so a send can say MSG_NOSIGNAL: writing to a peer that is gone throws
@@ -13,6 +17,7 @@
 // bytes, so recv_bytes() can receive what send() sent, as in Python.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -32,6 +37,8 @@
 #include <utility>
 #include <vector>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -40,6 +47,7 @@
 #include "context.hpp"
 #include "detail/codec.hpp"
 #include "detail/deadline.hpp"
+#include "detail/socket.hpp"
 #include "detail/wire.hpp"
 #include "errors.hpp"
 
@@ -173,6 +181,15 @@ class Connection;
 template <class T>
 std::pair<Connection<T>, Connection<T>> Pipe(bool duplex = true);
 
+namespace connection {
+template <class T>
+class Listener;
+template <class T>
+Connection<T> Client(const Address& address, std::optional<std::string> authkey = std::nullopt);
+template <class T>
+Connection<T> Client(const Address& address, std::optional<std::string> authkey, Timeout timeout);
+}  // namespace connection
+
 // One end of a Pipe. A handle: copies in one process share one endpoint, and a child
 // gets its own by inheritance (created before start()) or as a Process argument.
 template <class T>
@@ -280,7 +297,18 @@ public:
 
 private:
     friend std::pair<Connection<T>, Connection<T>> Pipe<T>(bool);
+    friend class connection::Listener<T>;
+    friend Connection connection::Client<T>(const connection::Address&, std::optional<std::string>);
+    friend Connection connection::Client<T>(const connection::Address&, std::optional<std::string>, Timeout);
     explicit Connection(std::shared_ptr<detail::PipeEndpoint> endpoint) : endpoint_(std::move(endpoint)) {}
+
+    // A duplex Connection over a connected socket, which it owns from now on.
+    explicit Connection(detail::net::Socket socket) {
+        // The endpoint first: if allocating it throws, `socket` still closes the fd.
+        auto endpoint = std::make_shared<detail::PipeEndpoint>(true, true);
+        endpoint->adopt(socket.release());
+        endpoint_ = std::move(endpoint);
+    }
 
     detail::PipeEndpoint& endpoint() const {
         if (!endpoint_)
@@ -448,6 +476,212 @@ std::vector<C> wait(const std::vector<C>& object_list) {
 template <detail::wire::waitable C>
 std::vector<C> wait(const std::vector<C>& object_list, Timeout timeout) {
     return detail::wire::wait_until(object_list, detail::Deadline(timeout));
+}
+
+}  // namespace connection
+
+namespace detail {
+
+// Client's work: a connected socket that passed the handshake (when there is a key).
+inline net::Socket client_socket(const connection::Address& address, const std::optional<std::string>& authkey,
+                                 const Deadline& deadline, const Deadline& handshake_deadline) {
+    net::Socket socket = net::connect(address, deadline);
+    if (!authkey) return socket;
+    try {
+        auth::client_handshake(socket.fd(), *authkey, handshake_deadline);
+    } catch (const TimeoutError& e) {
+        throw TimeoutError("Client (" + address.to_string() + "): connected, but the handshake did not finish in time: " +
+                           e.what());
+    } catch (const AuthenticationError& e) {
+        throw AuthenticationError("Client (" + address.to_string() + "): " + e.what());
+    }
+    return socket;
+}
+
+}  // namespace detail
+
+namespace connection {
+
+// Python's multiprocessing.connection.Listener: listens on a TCP or AF_UNIX address and
+// gives a Connection<T> per Client. With an authkey, each accept() first runs the HMAC
+// challenge in both directions; a client with another key (or one that is not a Client)
+// fails that accept() with AuthenticationError, and the next accept() serves the next
+// client. Move-only; close() may come from another thread and wakes a blocked accept().
+template <class T>
+class Listener {
+public:
+    // backlog: how many connections may wait for accept() (Python's default is 1; more
+    // arrivals wait in connect, they are not refused). An empty authkey is a key (as
+    // b'' is in Python); std::nullopt means no handshake.
+    explicit Listener(Address address = {"127.0.0.1", 0}, std::optional<std::string> authkey = std::nullopt,
+                      int backlog = 1)
+        : state_(std::make_unique<State>(detail::net::ListeningSocket(address, std::max(backlog, 0)),
+                                         std::move(authkey))) {
+        detail::require_transferable<T>();
+    }
+    Listener(Listener&&) noexcept = default;
+    Listener& operator=(Listener&&) noexcept = default;
+    ~Listener() = default;
+
+    // Waits for a client. With an authkey the handshake must then finish within
+    // detail::auth::default_handshake_timeout; AuthenticationError when it fails.
+    Connection<T> accept() { return accept_until(detail::Deadline(), std::nullopt); }
+    // TimeoutError when nobody connects within `timeout`. The handshake that follows a
+    // connection has its own limit, as above.
+    Connection<T> accept(Timeout timeout) { return accept_until(detail::Deadline(timeout), timeout); }
+
+    // Where it listens; for port 0, with the port the kernel picked. Give this to Client.
+    Address address() const { return state().listening.address(); }
+    // The address of the last client accepted (TCP only: AF_UNIX clients have no name).
+    std::optional<Address> last_accepted() const {
+        std::lock_guard lock(state().mutex);
+        return state().last_accepted;
+    }
+
+    // Stops listening (a socket file is removed). Connections already accepted stay open.
+    void close() {
+        if (!state_) return;
+        std::lock_guard lock(state_->mutex);
+        if (state_->closed) return;
+        state_->closed = true;
+        // shutdown() acts on the socket, which a forked child shares with its parent: a
+        // child closing its inherited copy must only close its fd. (Nobody in the child
+        // is inside accept(): fork copied one thread, the one here.)
+        if (state_->accepting == 0 || ::getpid() != state_->owner) {
+            state_->listening.close();
+            return;
+        }
+        // A thread blocked in accept() wakes up and finds `closed`; the fd itself goes
+        // when the last such thread has left it, never under its feet.
+        state_->listening.shutdown();
+    }
+    bool closed() const {
+        if (!state_) return true;
+        std::lock_guard lock(state_->mutex);
+        return state_->closed;
+    }
+
+private:
+    struct State {
+        State(detail::net::ListeningSocket s, std::optional<std::string> key)
+            : listening(std::move(s)), authkey(std::move(key)) {}
+        detail::net::ListeningSocket listening;
+        const std::optional<std::string> authkey;
+        const pid_t owner = ::getpid();
+        mutable std::mutex mutex;
+        int accepting = 0;  // threads of `owner` inside accept()
+        bool closed = false;
+        std::optional<Address> last_accepted;
+    };
+
+    State& state() const {
+        if (!state_) throw ValueError("Listener: this Listener was moved from; use the one it was moved to");
+        return *state_;
+    }
+
+    [[noreturn]] static void throw_closed() {
+        throw ValueError("Listener.accept: the Listener is closed (close() was called); create a new one");
+    }
+
+    // Keeps the listening fd open while this thread uses it (see close()).
+    struct Accepting {
+        State& s;
+        explicit Accepting(State& state) : s(state) {
+            std::lock_guard lock(s.mutex);
+            if (s.closed) throw_closed();
+            ++s.accepting;
+        }
+        ~Accepting() {
+            std::lock_guard lock(s.mutex);
+            if (--s.accepting == 0 && s.closed) s.listening.close();
+        }
+        Accepting(const Accepting&) = delete;
+        Accepting& operator=(const Accepting&) = delete;
+    };
+
+    static std::optional<Address> peer_of(int fd) {
+        sockaddr_storage peer{};
+        socklen_t length = sizeof peer;
+        if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) != 0) return std::nullopt;
+        char text[INET6_ADDRSTRLEN] = {};
+        if (peer.ss_family == AF_INET) {
+            const auto* in = reinterpret_cast<const sockaddr_in*>(&peer);
+            ::inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+            return Address{text, ntohs(in->sin_port), {}};
+        }
+        if (peer.ss_family == AF_INET6) {
+            const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+            ::inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+            return Address{text, ntohs(in6->sin6_port), {}};
+        }
+        return std::nullopt;
+    }
+
+    Connection<T> accept_until(const detail::Deadline& deadline, std::optional<Timeout> timeout) {
+        constexpr const char* op = "Listener.accept";
+        State& s = state();
+        detail::net::Socket socket;
+        {
+            Accepting in_use(s);
+            std::optional<detail::net::Socket> accepted;
+            try {
+                accepted = s.listening.accept(deadline);
+            } catch (const ProcessError&) {
+                // Woken by close() from another thread: say so, as for any closed Listener.
+                if (closed()) throw_closed();
+                throw;
+            }
+            if (!accepted)
+                throw TimeoutError(detail::wire::error_text(
+                    op, "no client connected to " + s.listening.address().to_string() + " within " +
+                            detail::describe_seconds(*timeout)));
+            socket = std::move(*accepted);
+        }
+        const auto peer = peer_of(socket.fd());
+        {
+            std::lock_guard lock(s.mutex);
+            s.last_accepted = peer;
+        }
+        if (s.authkey) {
+            const std::string who = "a client" + (peer ? " from " + peer->to_string() : std::string());
+            try {
+                detail::auth::server_handshake(socket.fd(), *s.authkey,
+                                               detail::Deadline(detail::auth::default_handshake_timeout));
+            } catch (const TimeoutError& e) {
+                // The caller waits for an authenticated client: one that stalls has failed.
+                throw AuthenticationError(detail::wire::error_text(
+                    op, who + " did not finish the handshake in time and was dropped (the next accept() waits for "
+                              "another): " + e.what()));
+            } catch (const AuthenticationError& e) {
+                throw AuthenticationError(detail::wire::error_text(
+                    op, who + " failed the handshake and was dropped (the next accept() waits for another): " +
+                            e.what()));
+            }
+        }
+        return Connection<T>(std::move(socket));
+    }
+
+    std::unique_ptr<State> state_;
+};
+
+// Python's multiprocessing.connection.Client: connects to a Listener (or any server of
+// this library's framing) and returns a duplex Connection<T>. With an authkey, runs the
+// handshake, which must finish within detail::auth::default_handshake_timeout; a wrong
+// key throws AuthenticationError. Nothing listening there: ProcessError naming the address.
+template <class T>
+Connection<T> Client(const Address& address, std::optional<std::string> authkey) {
+    detail::require_transferable<T>();
+    return Connection<T>(detail::client_socket(address, authkey, detail::Deadline(),
+                                               detail::Deadline(detail::auth::default_handshake_timeout)));
+}
+
+// As above, with `timeout` for connecting and the handshake together: TimeoutError when
+// it runs out.
+template <class T>
+Connection<T> Client(const Address& address, std::optional<std::string> authkey, Timeout timeout) {
+    detail::require_transferable<T>();
+    const detail::Deadline deadline(timeout);
+    return Connection<T>(detail::client_socket(address, authkey, deadline, deadline));
 }
 
 }  // namespace connection
