@@ -1,0 +1,278 @@
+// A manager's client side: the connections a process keeps to one manager server, and
+// the state behind every proxy.
+//
+// Each thread has its own connection per manager (as Python's proxies have), so a
+// blocking call in one thread never holds up another, and a lock acquired through a
+// proxy is held by that thread's server-side connection. A process additionally keeps
+// one idle "anchor" connection: the server drops a process's references when its last
+// connection closes, and the anchor keeps them while threads come and go.
+//
+// Fork: a child inherits the parent's sockets but must not talk on them (the replies
+// would go to whoever reads first). Every connection remembers the process that made
+// it, and a child makes its own on first use.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <pthread.h>
+
+#include "../errors.hpp"
+#include "deadline.hpp"
+#include "manager_channel.hpp"
+#include "manager_protocol.hpp"
+#include "shared_object.hpp"
+#include "socket.hpp"
+#include "wire.hpp"
+
+namespace multiprocessing::detail::manager {
+
+// How long a client spins for a reply before it sleeps in poll().
+inline constexpr std::chrono::microseconds client_spin{100};
+// Replies larger than this are refused (the connection is then dropped).
+inline constexpr std::size_t max_reply_bytes = std::size_t(1) << 32;
+
+inline std::uint64_t random_u64() {
+    std::random_device device;
+    return (std::uint64_t(device()) << 32) ^ device();
+}
+
+class ClientCore : public std::enable_shared_from_this<ClientCore> {
+public:
+    ClientCore(connection::Address address, std::string authkey, std::chrono::duration<double> connect_timeout)
+        : address_(std::move(address)),
+          authkey_(std::move(authkey)),
+          connect_timeout_(connect_timeout),
+          serial_(next_serial()),
+          session_seed_(random_u64()) {}
+
+    ClientCore(const ClientCore&) = delete;
+    ClientCore& operator=(const ClientCore&) = delete;
+    ~ClientCore() {
+        if (anchor_fd_ >= 0) ::close(anchor_fd_);
+    }
+
+    const connection::Address& address() const noexcept { return address_; }
+    const std::string& authkey() const noexcept { return authkey_; }
+
+    // One request and its reply, on this thread's connection. `read_result` (unless it
+    // is nullptr) is called with the reply's body.
+    template <class Read, class... A>
+    void request(Op op, std::uint64_t object, std::string_view name, Read&& read_result, const A&... arguments) {
+        if (ThreadChannels::finished)
+            throw ProcessError("manager: this thread is exiting and has closed its manager connections");
+        ensure_anchor();
+        FrameChannel& channel = thread_channel();
+        try {
+            encode(channel.out(), op, object, name, arguments...);
+            channel.send_out("manager proxy");
+            auto reply = channel.receive(max_reply_bytes, Deadline{}, client_spin, "manager proxy");
+            ByteReader body = open_reply(reply, name.empty() ? std::string_view("a request") : name);
+            if constexpr (!std::is_null_pointer_v<std::decay_t<Read>>) read_result(body);
+        } catch (const EOFError&) {
+            forget_thread_channel();
+            throw_server_gone();
+        } catch (const std::system_error&) {
+            forget_thread_channel();
+            throw_server_gone();
+        }
+    }
+
+    // Opens a connection and says hello; used for the thread connections and the anchor.
+    FrameChannel open_channel() {
+        FrameChannel channel(net::connect(address_, Deadline(connect_timeout_)));
+        auth::client_handshake(channel.fd(), authkey_, Deadline(connect_timeout_));
+        encode(channel.out(), Op::hello, session_token(), {});
+        channel.send_out("manager connect");
+        open_reply(channel.receive(max_reply_bytes, Deadline(connect_timeout_), {}, "manager connect"), "hello");
+        return channel;
+    }
+
+    [[noreturn]] void throw_server_gone() const {
+        throw ProcessError("manager: the server at " + address_.to_string() +
+                           " closed the connection; it was shut down or it died");
+    }
+
+private:
+    template <class... A>
+    static void encode(std::vector<std::byte>& out, Op op, std::uint64_t object, std::string_view name,
+                       const A&... arguments) {
+        const std::size_t head = request_header_size(name.size());
+        if (name.size() > max_name_length)
+            throw ValueError("manager: a name longer than " + std::to_string(max_name_length) + " bytes");
+        const std::size_t body = (std::size_t(0) + ... + encoded_size(arguments));
+        out.resize(wire::frame_header_size + head + body);
+        write_request_header(out.data() + wire::frame_header_size, op, object, name, signature_of<A...>());
+        ByteWriter w(out.data() + wire::frame_header_size + head);
+        (put(w, arguments), ...);
+    }
+
+    // The session is this process: a child gets another token, so the server counts
+    // its references apart from its parent's.
+    std::uint64_t session_token() const noexcept {
+        std::uint64_t x = session_seed_ ^ (std::uint64_t(current_pid()) * 0x9E3779B97F4A7C15ull);
+        x ^= x >> 31;
+        return x | 1;  // never 0
+    }
+
+    void ensure_anchor() {
+        const pid_t me = current_pid();
+        // acquire: pairs with the release below, so a thread that sees this process's
+        // pid also sees the anchor that thread stored.
+        pid_t seen = anchored_pid_.load(std::memory_order_acquire);
+        if (seen == me) return;
+        // One thread per process wins and connects; the others go on (their own
+        // connections hold the session until the anchor is there).
+        if (!anchored_pid_.compare_exchange_strong(seen, me, std::memory_order_acq_rel)) return;
+        try {
+            FrameChannel anchor = open_channel();
+            const int old = anchor_fd_;
+            anchor_fd_ = anchor.socket().release();
+            // A fork child's inherited copy of its parent's anchor: closing it here
+            // closes only the child's copy.
+            if (old >= 0) ::close(old);
+        } catch (...) {
+            anchored_pid_.store(0, std::memory_order_release);
+            throw;
+        }
+    }
+
+    struct CachedChannel {
+        std::uint64_t serial;
+        std::weak_ptr<ClientCore> owner;
+        std::unique_ptr<FrameChannel> channel;
+    };
+    // This thread's connections, closed when it exits. `finished` (trivially destructible,
+    // so still readable then) keeps a proxy destroyed later in the thread's exit from
+    // reaching for the destroyed list.
+    struct ThreadChannels {
+        std::vector<CachedChannel> list;
+        ~ThreadChannels() { finished = true; }
+        static inline thread_local bool finished = false;
+    };
+    static std::vector<CachedChannel>& thread_channels() {
+        thread_local ThreadChannels channels;
+        return channels.list;
+    }
+
+    FrameChannel& thread_channel() {
+        auto& channels = thread_channels();
+        for (auto& c : channels) {
+            if (c.serial != serial_) continue;
+            if (c.channel && c.channel->pid() == current_pid()) return *c.channel;
+            c.channel = std::make_unique<FrameChannel>(open_channel());
+            return *c.channel;
+        }
+        // Connections to managers that are gone are closed on the way.
+        std::erase_if(channels, [](const CachedChannel& c) { return c.owner.expired(); });
+        channels.push_back({serial_, weak_from_this(), std::make_unique<FrameChannel>(open_channel())});
+        return *channels.back().channel;
+    }
+
+    void forget_thread_channel() noexcept {
+        for (auto& c : thread_channels())
+            if (c.serial == serial_) c.channel.reset();
+    }
+
+    static std::uint64_t next_serial() noexcept {
+        static std::atomic<std::uint64_t> serial{1};
+        // relaxed: only uniqueness matters.
+        return serial.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    const connection::Address address_;
+    const std::string authkey_;
+    const std::chrono::duration<double> connect_timeout_;
+    const std::uint64_t serial_;
+    const std::uint64_t session_seed_;
+    std::atomic<pid_t> anchored_pid_{0};
+    int anchor_fd_ = -1;
+};
+
+// What every proxy copy in a process shares: the object's id on the server and one
+// reference to it, given back when the last copy here goes.
+//
+// A reference is given back early only while no fork happened since the proxy was made.
+// After a fork, a child may hold a copy that has not yet taken its own reference (it
+// does on first use), and giving the parent's back could free the object under it; so
+// the reference then stays until this process's connections close (it exits, or the
+// manager shuts down).
+class ProxyState {
+public:
+    ProxyState(std::shared_ptr<ClientCore> client, std::uint64_t id)
+        : client_(std::move(client)), id_(id), attached_pid_(current_pid()), forks_at_creation_(fork_count()) {}
+    ProxyState(const ProxyState&) = delete;
+    ProxyState& operator=(const ProxyState&) = delete;
+
+    ~ProxyState() {
+        // Only the process that holds the reference gives it back. Best effort: a server
+        // that is gone already dropped it.
+        if (attached_pid_.load(std::memory_order_relaxed) != current_pid()) return;
+        if (fork_count() != forks_at_creation_) return;
+        try {
+            client_->request(Op::decref, id_, {}, nullptr);
+        } catch (...) {
+        }
+    }
+
+    ClientCore& client() const noexcept { return *client_; }
+    std::uint64_t id() const noexcept { return id_; }
+
+    template <class R, class... A>
+    R call(std::string_view method, const A&... arguments) {
+        attach();
+        if constexpr (std::is_void_v<R>) {
+            client_->request(Op::call, id_, method, nullptr, arguments...);
+        } else {
+            std::optional<R> result;
+            client_->request(Op::call, id_, method, [&](ByteReader& r) { result.emplace(get<R>(r)); }, arguments...);
+            return std::move(*result);
+        }
+    }
+
+private:
+    // A copy inherited by a fork child takes a reference of its own on first use, so the
+    // object lives while the child uses it even if the parent lets go.
+    void attach() {
+        const pid_t me = current_pid();
+        // relaxed: each process only ever compares with its own pid.
+        pid_t seen = attached_pid_.load(std::memory_order_relaxed);
+        if (seen == me) return;
+        if (!attached_pid_.compare_exchange_strong(seen, me, std::memory_order_relaxed)) return;
+        try {
+            client_->request(Op::incref, id_, {}, nullptr);
+        } catch (...) {
+            attached_pid_.store(seen, std::memory_order_relaxed);
+            throw;
+        }
+    }
+
+    // How many forks this process has made (counted from the first proxy on). The
+    // counter lives in the parent; a child starts from its parent's count, which is fine:
+    // only "did it change since" is asked.
+    static std::uint64_t fork_count() noexcept {
+        static std::atomic<std::uint64_t> forks{0};
+        static const bool installed = [] {
+            // relaxed: read only by this process's threads, after the fork has returned.
+            ::pthread_atfork([] { forks.fetch_add(1, std::memory_order_relaxed); }, nullptr, nullptr);
+            return true;
+        }();
+        (void)installed;
+        return forks.load(std::memory_order_relaxed);
+    }
+
+    std::shared_ptr<ClientCore> client_;
+    std::uint64_t id_;
+    std::atomic<pid_t> attached_pid_;
+    std::uint64_t forks_at_creation_;
+};
+
+}  // namespace multiprocessing::detail::manager

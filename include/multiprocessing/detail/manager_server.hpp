@@ -1,0 +1,452 @@
+// A manager's server: the objects it serves, who holds references to them, and the
+// connections that call their methods (one thread per connection, as Python's server
+// has, so a call that blocks, such as a queue get, holds up only its own caller).
+//
+// References are counted per session: a session is one client process (a random token
+// it sends when it connects), and its references go away when its last connection
+// closes. A client process that crashes or is killed therefore frees what it held,
+// which Python's server does not do.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "../errors.hpp"
+#include "deadline.hpp"
+#include "manager_channel.hpp"
+#include "manager_protocol.hpp"
+#include "socket.hpp"
+#include "wire.hpp"
+
+namespace multiprocessing::detail::manager {
+
+using namespace std::chrono_literals;
+
+// Requests larger than this close the connection that sent them.
+inline constexpr std::size_t max_request_bytes = std::size_t(1) << 30;
+// A client must authenticate within this time, or its connection is dropped.
+inline constexpr std::chrono::seconds handshake_timeout{10};
+// How long a server thread polls for the next request before it sleeps.
+inline constexpr std::chrono::microseconds server_spin{50};
+
+// ---- the caller of the call being served ----------------------------------------------
+
+// A served call that blocks (a queue get, a lock acquire) waits in slices and, between
+// them, looks whether its caller is still there: the server thread of a client that died
+// must not go on to take an item or a lock that nobody will receive.
+inline constexpr std::chrono::milliseconds caller_check_interval{100};
+
+struct CallerContext {
+    int fd = -1;
+    // What to do when the reply cannot be delivered (the caller vanished right after the
+    // call succeeded): give back what the call took, e.g. put the item back.
+    std::function<void()> undo;
+};
+
+inline CallerContext& current_caller() noexcept {
+    thread_local CallerContext caller;
+    return caller;
+}
+
+inline bool caller_gone() noexcept {
+    const int fd = current_caller().fd;
+    if (fd < 0) return false;
+    pollfd p{fd, POLLRDHUP, 0};
+    return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+// The caller went away while its call waited: nobody will read the answer.
+class CallerGone : public ProcessError {
+public:
+    CallerGone() : ProcessError("manager: the caller closed its connection while its call waited") {}
+};
+
+// Runs `attempt(slice)` (which returns true once it got what it waited for) in slices
+// until it succeeds, the deadline passes (returns false) or the caller is gone (throws).
+template <class Attempt>
+bool wait_in_slices(std::optional<double> timeout, Attempt attempt) {
+    const Deadline deadline = Deadline::after(timeout ? std::optional<Timeout>(Timeout(*timeout)) : std::nullopt);
+    for (;;) {
+        std::chrono::duration<double> slice = caller_check_interval;
+        if (const auto left = deadline.remaining()) slice = std::min<std::chrono::duration<double>>(slice, *left);
+        if (slice.count() < 0) slice = slice.zero();
+        if (attempt(Timeout(slice))) return true;
+        if (deadline.expired()) return false;
+        if (caller_gone()) throw CallerGone();
+    }
+}
+
+// What a name registered with a manager makes: a served object or a function result.
+struct Registration {
+    std::string proxy_kind;  // empty for a function
+    std::uint64_t signature = 0;
+    std::string signature_text;
+    std::function<std::shared_ptr<ServedObject>(ByteReader&)> create;
+    std::function<void(ByteReader&, Reply&)> call;
+};
+
+// The types a SyncManager serves, by key (the served type and its constructor's
+// arguments). Filled before main() by static registrations in every program that asks
+// a manager for such an object, so a server started from the same program knows them.
+class BuiltinTypes {
+public:
+    static BuiltinTypes& instance() {
+        static BuiltinTypes* types = new BuiltinTypes;  // leaked: used until the very end
+        return *types;
+    }
+    bool add(std::string key, Registration r) {
+        std::lock_guard lock(mutex_);
+        types_.emplace(std::move(key), std::move(r));
+        return true;
+    }
+    const Registration* find(std::string_view key) const {
+        std::lock_guard lock(mutex_);
+        auto it = types_.find(std::string(key));
+        return it == types_.end() ? nullptr : &it->second;
+    }
+
+private:
+    mutable std::mutex mutex_;
+    std::map<std::string, Registration> types_;  // node-based: pointers stay valid
+};
+
+inline constexpr std::string_view builtin_prefix = "builtin:";
+
+// One connection's view of the server.
+struct ConnectionState {
+    std::uint64_t session = 0;
+    bool said_hello = false;
+    bool shutdown_requested = false;
+};
+
+class ServerCore {
+public:
+    explicit ServerCore(bool serve_builtins) : serve_builtins_(serve_builtins) {}
+
+    void add(std::string name, Registration r) {
+        std::lock_guard lock(mutex_);
+        registrations_[std::move(name)] = std::make_shared<const Registration>(std::move(r));
+    }
+
+    // Answers one request. Never throws: a bad request becomes an error reply, and
+    // `close_connection` says whether the connection should be dropped after it.
+    void handle(std::span<const std::byte> request, ConnectionState& connection, std::vector<std::byte>& out,
+                std::size_t frame_header, bool& close_connection) noexcept {
+        close_connection = false;
+        try {
+            Reply reply(out, frame_header);
+            try {
+                dispatch(parse_request(request), connection, reply);
+            } catch (const ProtocolError& e) {
+                reply.protocol_error(e.what());
+                close_connection = true;
+            } catch (...) {
+                reply.raised();
+            }
+        } catch (...) {
+            // Encoding the error itself failed (out of memory): say nothing, drop the line.
+            out.resize(frame_header + 1);
+            out[frame_header] = static_cast<std::byte>(Status::protocol_error);
+            close_connection = true;
+        }
+    }
+
+    // A connection ended: its session loses its references if it was the last one.
+    void connection_closed(const ConnectionState& connection) noexcept {
+        if (!connection.said_hello) return;
+        std::vector<std::shared_ptr<ServedObject>> dying;  // destroyed outside the lock
+        {
+            std::lock_guard lock(mutex_);
+            auto it = sessions_.find(connection.session);
+            if (it == sessions_.end() || --it->second.connections > 0) return;
+            for (auto [id, count] : it->second.references) drop_references(id, count, dying);
+            sessions_.erase(it);
+        }
+    }
+
+    std::size_t object_count() const {
+        std::lock_guard lock(mutex_);
+        return objects_.size();
+    }
+
+private:
+    struct ObjectRecord {
+        std::shared_ptr<ServedObject> object;
+        std::uint64_t references = 0;
+    };
+    struct Session {
+        int connections = 0;
+        std::unordered_map<std::uint64_t, std::uint64_t> references;
+    };
+
+    void dispatch(const RequestView& request, ConnectionState& connection, Reply& reply) {
+        if (!connection.said_hello) {
+            if (request.op != Op::hello)
+                throw ProtocolError("the first request on a connection must say which client it is from");
+            std::lock_guard lock(mutex_);
+            ++sessions_[request.object].connections;
+            connection.session = request.object;
+            connection.said_hello = true;
+            return;
+        }
+        ByteReader arguments(request.arguments);
+        switch (request.op) {
+            case Op::hello:
+                throw ProtocolError("a connection said hello twice");
+            case Op::ping:
+                return;
+            case Op::shutdown:
+                connection.shutdown_requested = true;
+                return;
+            case Op::call: {
+                std::shared_ptr<ServedObject> object = find_object(request.object);
+                object->call(request, arguments, reply);
+                return;
+            }
+            case Op::call_function: {
+                auto r = find_registration(request.name);
+                if (r->proxy_kind.size())
+                    throw ValueError("manager: '" + std::string(request.name) +
+                                     "' is registered as an object, not a function; get it with get<T>()");
+                check_signature(*r, request);
+                r->call(arguments, reply);
+                return;
+            }
+            case Op::create: {
+                auto r = find_registration(request.name);
+                if (r->proxy_kind.empty())
+                    throw ValueError("manager: '" + std::string(request.name) +
+                                     "' is registered as a function, not an object; call it with call<R(Args...)>()");
+                check_signature(*r, request);
+                std::shared_ptr<ServedObject> object = r->create(arguments);
+                std::uint64_t id;
+                {
+                    std::lock_guard lock(mutex_);
+                    id = next_id_++;
+                    objects_.emplace(id, ObjectRecord{std::move(object), 1});
+                    ++sessions_[connection.session].references[id];
+                }
+                reply.value(id);
+                reply.value(std::string(r->proxy_kind));
+                return;
+            }
+            case Op::incref: {
+                std::lock_guard lock(mutex_);
+                auto it = objects_.find(request.object);
+                if (it == objects_.end()) throw_no_object(request.object);
+                ++it->second.references;
+                ++sessions_[connection.session].references[request.object];
+                return;
+            }
+            case Op::decref: {
+                std::vector<std::shared_ptr<ServedObject>> dying;
+                std::lock_guard lock(mutex_);
+                auto& held = sessions_[connection.session].references;
+                auto it = held.find(request.object);
+                if (it == held.end()) return;  // not this session's: nothing to give back
+                if (--it->second == 0) held.erase(it);
+                drop_references(request.object, 1, dying);
+                return;
+            }
+        }
+        throw ProtocolError("unknown request kind");
+    }
+
+    void check_signature(const Registration& r, const RequestView& request) const {
+        if (r.signature != request.signature)
+            throw ValueError("manager: '" + std::string(request.name) + "' takes arguments " + r.signature_text +
+                             "; the caller sent other types (declare it with the same types on both sides)");
+    }
+
+    std::shared_ptr<const Registration> find_registration(std::string_view name) {
+        {
+            std::lock_guard lock(mutex_);
+            auto it = registrations_.find(std::string(name));
+            if (it != registrations_.end()) return it->second;
+        }
+        if (name.starts_with(builtin_prefix)) {
+            if (!serve_builtins_)
+                throw ValueError("manager: this server is a BaseManager and serves only what was registered with "
+                                 "it; list(), dict(), Queue() and the other built-in types need a SyncManager");
+            if (const Registration* r = BuiltinTypes::instance().find(name))
+                return std::shared_ptr<const Registration>(std::shared_ptr<void>(), r);  // static: not owned
+            throw ValueError("manager: the server program does not serve '" +
+                             std::string(name.substr(builtin_prefix.size())) +
+                             "': a remote server knows the built-in types its own program uses; ask for "
+                             "it once in the server program too");
+        }
+        throw ValueError("manager: nothing is registered under the name '" + std::string(name) +
+                         "' on the server");
+    }
+
+    std::shared_ptr<ServedObject> find_object(std::uint64_t id) {
+        std::lock_guard lock(mutex_);
+        auto it = objects_.find(id);
+        if (it == objects_.end()) throw_no_object(id);
+        return it->second.object;
+    }
+
+    [[noreturn]] static void throw_no_object(std::uint64_t id) {
+        throw KeyError("manager: the server has no object with id " + std::to_string(id) +
+                       " (every proxy to it was released, or the server was restarted)");
+    }
+
+    // Called with mutex_ held; objects that die are moved to `dying`.
+    void drop_references(std::uint64_t id, std::uint64_t count,
+                         std::vector<std::shared_ptr<ServedObject>>& dying) {
+        auto it = objects_.find(id);
+        if (it == objects_.end()) return;
+        it->second.references -= std::min(count, it->second.references);
+        if (it->second.references == 0) {
+            dying.push_back(std::move(it->second.object));
+            objects_.erase(it);
+        }
+    }
+
+    const bool serve_builtins_;
+    mutable std::mutex mutex_;
+    std::unordered_map<std::string, std::shared_ptr<const Registration>> registrations_;
+    std::unordered_map<std::uint64_t, ObjectRecord> objects_;
+    std::unordered_map<std::uint64_t, Session> sessions_;
+    std::uint64_t next_id_ = 1;
+};
+
+// Serves a ServerCore on a listening socket: accepts, authenticates, and runs one thread
+// per connection until stop() or a shutdown request.
+class ServerLoop {
+public:
+    ServerLoop(std::shared_ptr<ServerCore> core, net::ListeningSocket listener, std::string authkey)
+        : shared_(std::make_shared<Shared>(std::move(core), std::move(authkey))), listener_(std::move(listener)) {}
+
+    connection::Address address() const { return listener_.address(); }
+
+    // Stops serve_forever(), from any thread (or a signal handler: it only writes an eventfd).
+    void stop() noexcept { shared_->request_stop(); }
+
+    // Returns after stop() or a client's shutdown request, or when `watch_fd` (if >= 0,
+    // e.g. the owner's pidfd) becomes readable.
+    void serve_forever(int watch_fd = -1) {
+        for (;;) {
+            pollfd fds[3] = {{listener_.fd(), POLLIN, 0}, {shared_->stop_fd, POLLIN, 0}, {watch_fd, POLLIN, 0}};
+            const int r = ::poll(fds, watch_fd >= 0 ? 3 : 2, -1);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                throw_errno("manager server: poll");
+            }
+            if (fds[1].revents || (watch_fd >= 0 && fds[2].revents)) break;
+            if (fds[0].revents) {
+                std::optional<net::Socket> s = listener_.accept(Deadline::now());
+                if (s) start_connection(std::move(*s));
+            }
+        }
+        shut_down_connections();
+    }
+
+private:
+    // What connection threads share with the loop; they may outlive serve_forever() while
+    // a call they run still blocks, so they hold it by shared_ptr.
+    struct Shared {
+        Shared(std::shared_ptr<ServerCore> c, std::string key)
+            : core(std::move(c)), authkey(std::move(key)), stop_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+            if (stop_fd < 0) throw_errno("manager server: eventfd");
+        }
+        ~Shared() { ::close(stop_fd); }
+        void request_stop() noexcept {
+            const std::uint64_t one = 1;
+            [[maybe_unused]] auto n = ::write(stop_fd, &one, sizeof one);
+        }
+        std::shared_ptr<ServerCore> core;
+        std::string authkey;
+        int stop_fd;
+        std::mutex mutex;
+        std::list<int> live_fds;  // connections to shut down at stop
+    };
+
+    void start_connection(net::Socket socket) {
+        auto shared = shared_;
+        const int fd = socket.fd();
+        std::list<int>::iterator where;
+        {
+            std::lock_guard lock(shared->mutex);
+            where = shared->live_fds.insert(shared->live_fds.end(), fd);
+        }
+        try {
+            std::thread([shared, where, s = std::move(socket)]() mutable {
+                FrameChannel channel(std::move(s));
+                serve_connection(*shared, channel);
+                // Forgotten before the socket closes, so stop() cannot shut down a reused fd number.
+                std::lock_guard lock(shared->mutex);
+                shared->live_fds.erase(where);
+            }).detach();
+        } catch (...) {
+            std::lock_guard lock(shared->mutex);
+            shared->live_fds.erase(where);  // the socket closed with the failed thread's lambda
+        }
+    }
+
+    static void serve_connection(Shared& shared, FrameChannel& channel) {
+        try {
+            auth::server_handshake(channel.fd(), shared.authkey, Deadline(handshake_timeout));
+        } catch (...) {
+            return;  // a wrong key or a stranger: drop it, nothing else is affected
+        }
+        ConnectionState state;
+        CallerContext& caller = current_caller();
+        caller.fd = channel.fd();
+        try {
+            for (;;) {
+                auto request = channel.receive(max_request_bytes, Deadline{}, server_spin, "manager server");
+                bool close = false;
+                auto& out = channel.out();
+                caller.undo = nullptr;
+                shared.core->handle(request, state, out, wire::frame_header_size, close);
+                // A call that took something (an item, a lock) for a caller that is gone
+                // gives it back. Checked before sending too: over TCP a send to a peer that
+                // died usually succeeds, the reset arriving only later.
+                if (caller.undo && caller_gone()) {
+                    caller.undo();
+                    break;
+                }
+                try {
+                    channel.send_out("manager server");
+                } catch (...) {
+                    if (caller.undo) caller.undo();
+                    throw;
+                }
+                if (state.shutdown_requested) shared.request_stop();
+                if (close) break;
+            }
+        } catch (...) {
+            // EOF, a truncated or oversized frame, or a peer that vanished: this connection ends.
+        }
+        shared.core->connection_closed(state);
+    }
+
+    void shut_down_connections() noexcept {
+        std::lock_guard lock(shared_->mutex);
+        // Wakes threads waiting for a request; a thread inside a blocking call finishes
+        // it, finds its socket shut down, and ends.
+        for (int fd : shared_->live_fds) ::shutdown(fd, SHUT_RDWR);
+    }
+
+    std::shared_ptr<Shared> shared_;
+    net::ListeningSocket listener_;
+};
+
+}  // namespace multiprocessing::detail::manager
