@@ -21,6 +21,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <variant>
 
 #include <cereal/cereal.hpp>
 #include <cereal/types/array.hpp>
@@ -100,6 +101,8 @@ class InArchive : public cereal::InputArchive<InArchive, cereal::AllowEmptyClass
 public:
     explicit InArchive(ByteReader& r) : InputArchive(this), r_(r) {}
     void loadBinary(void* data, std::size_t n) { r_.read(data, n); }
+    // The bytes of the message not read yet (the container size check below uses it).
+    std::size_t remaining() const noexcept { return r_.remaining(); }
 
 private:
     ByteReader& r_;
@@ -132,11 +135,24 @@ inline constexpr bool is_std_aggregate_cereal_knows<std::chrono::duration<R, P>>
 template <class C, class D>
 inline constexpr bool is_std_aggregate_cereal_knows<std::chrono::time_point<C, D>> = true;
 
+// cereal writes a std::shared_ptr or std::unique_ptr through a PtrWrapper, a struct
+// holding a reference to the pointer: trivially copyable, and with only non-member
+// save/load (which the concept below does not look for), so it passed for a plain
+// class. Clang then chose the byte copy below, which sent the pointer's address and
+// loaded the peer's address into the wrapper's reference; GCC found both and refused to
+// compile. Found by tests/fuzz (f_shared: its seed changed from run to run). Excluded,
+// cereal's own save/load write the pointee.
+template <class T>
+inline constexpr bool is_cereal_pointer_wrapper = false;
+template <class T>
+inline constexpr bool is_cereal_pointer_wrapper<cereal::memory_detail::PtrWrapper<T>> = true;
+
 // A trivially copyable class with no serialize() of its own (Point{double x, y;}) goes
 // as bytes, also when nested inside containers that cereal walks.
 template <class T>
 concept plain_bytes_class =
     std::is_class_v<T> && std::is_trivially_copyable_v<T> && !is_std_aggregate_cereal_knows<T> &&
+    !is_cereal_pointer_wrapper<T> &&
     !cereal::traits::has_member_serialize<T, OutArchive>::value &&
     !cereal::traits::has_member_save<T, OutArchive>::value &&
     !cereal::traits::has_non_member_serialize<T, OutArchive>::value &&
@@ -147,20 +163,59 @@ template <class T>
 void CEREAL_SAVE_FUNCTION_NAME(OutArchive& ar, const T& t) {
     ar.saveBinary(std::addressof(t), sizeof t);
 }
+// A bool's only valid object representations are the bytes 0 and 1: a bool holding any
+// other byte is neither true nor false when read (undefined behaviour; UBSan: "load of
+// value 2, which is not a valid value for type 'bool'"). A sender of ours never writes
+// one, so a message that has one is corrupt or hostile, and is refused. (Found by
+// tests/fuzz: f_bool and std::optional's flag, which cereal loads as a bool.)
+static_assert(sizeof(bool) == 1);
+inline bool checked_bool(unsigned char byte) {
+    if (byte > 1)
+        throw ProcessError("multiprocessing: a message from another process is corrupt (a bool is neither 0 nor 1)");
+    return byte == 1;
+}
+
 template <class T>
     requires std::is_arithmetic_v<T> || plain_bytes_class<T>
 void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, T& t) {
-    ar.loadBinary(std::addressof(t), sizeof t);
+    if constexpr (std::is_same_v<T, bool>) {
+        unsigned char byte = 0;
+        ar.loadBinary(&byte, 1);
+        t = checked_bool(byte);
+    } else {
+        ar.loadBinary(std::addressof(t), sizeof t);
+    }
 }
 template <class Archive, class T>
     requires std::is_same_v<Archive, OutArchive> || std::is_same_v<Archive, InArchive>
 void CEREAL_SERIALIZE_FUNCTION_NAME(Archive& ar, cereal::NameValuePair<T>& t) {
     ar(t.value);
 }
-template <class Archive, class T>
-    requires std::is_same_v<Archive, OutArchive> || std::is_same_v<Archive, InArchive>
-void CEREAL_SERIALIZE_FUNCTION_NAME(Archive& ar, cereal::SizeTag<T>& t) {
+template <class T>
+void CEREAL_SAVE_FUNCTION_NAME(OutArchive& ar, const cereal::SizeTag<T>& t) {
     ar(t.size);
+}
+// A container's element count, read before the container is sized: cereal resizes (or
+// reserves, for the unordered containers) to it before it reads an element, so a hostile
+// count of 2^60 would allocate, or touch, that much before the missing bytes are noticed
+// (found by tests/fuzz: a std::string claiming 2^51 bytes). Every element takes at least
+// one byte of the message, so a count larger than what is left of the message is
+// refused here, before anything is allocated; what a message can make the receiver
+// allocate is then bounded by the message's own size (which the receiver limits).
+//
+// The exception: elements that take no bytes at all (an empty class with
+// AllowEmptyClassElision, std::monostate, std::tuple<>). A container of more such
+// elements than there are bytes left after its count is refused too: it carries nothing
+// but its count, nobody sends one in practice, and to accept it would mean accepting any
+// count, i.e. an allocation (std::vector of an empty type: one byte each) or a loop (the
+// node containers insert one by one) as large as a hostile count.
+template <class T>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, cereal::SizeTag<T>& t) {
+    ar(t.size);
+    if (t.size > ar.remaining())
+        throw ProcessError("multiprocessing: a message from another process is truncated or corrupt (a container of " +
+                           std::to_string(t.size) + " elements in the " + std::to_string(ar.remaining()) +
+                           " bytes left of it)");
 }
 template <class T>
 void CEREAL_SAVE_FUNCTION_NAME(OutArchive& ar, const cereal::BinaryData<T>& bd) {
@@ -169,6 +224,32 @@ void CEREAL_SAVE_FUNCTION_NAME(OutArchive& ar, const cereal::BinaryData<T>& bd) 
 template <class T>
 void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, cereal::BinaryData<T>& bd) {
     ar.loadBinary(bd.data, static_cast<std::size_t>(bd.size));
+    // cereal loads a std::array<bool, N> or std::valarray<bool> as one block of bytes:
+    // each must be a valid bool (see checked_bool), checked before anything reads one.
+    if constexpr (std::is_same_v<std::remove_cv_t<std::remove_pointer_t<std::remove_reference_t<T>>>, bool>) {
+        const auto* bytes = static_cast<const unsigned char*>(bd.data);
+        for (std::size_t i = 0; i < static_cast<std::size_t>(bd.size); ++i) (void)checked_bool(bytes[i]);
+    }
+}
+
+// std::valarray of numbers: cereal's own save and load take &v[0], which for an empty
+// valarray binds a reference to a null pointer (undefined behaviour; found by tests/fuzz:
+// f_valarray with 0 elements, which a sender of an empty valarray hits too). These are
+// the same, in the same format, without touching an element that is not there; being
+// more specialized (our archives), they are chosen over cereal's.
+template <class T>
+    requires std::is_arithmetic_v<T>
+void CEREAL_SAVE_FUNCTION_NAME(OutArchive& ar, const std::valarray<T>& v) {
+    ar(cereal::make_size_tag(static_cast<cereal::size_type>(v.size())));
+    if (v.size() != 0) ar(cereal::binary_data(&v[0], v.size() * sizeof(T)));
+}
+template <class T>
+    requires std::is_arithmetic_v<T>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::valarray<T>& v) {
+    cereal::size_type size = 0;
+    ar(cereal::make_size_tag(size));  // checked against what is left (see SizeTag above)
+    v.resize(static_cast<std::size_t>(size));
+    if (size != 0) ar(cereal::binary_data(&v[0], static_cast<std::size_t>(size) * sizeof(T)));
 }
 
 // ---- what may cross -------------------------------------------------------------------
@@ -228,6 +309,41 @@ constexpr void require_process_argument() {
 
 // ---- encode / decode ------------------------------------------------------------------
 
+// A trivially copyable value decoded from raw bytes is whatever the bytes say, and not
+// every byte pattern is a value: a bool is 0 or 1, a variant's index must name one of its
+// alternatives (std::visit on any other index calls through its table out of bounds).
+// Such values from a corrupt or hostile message are refused here, before anything uses
+// them. (Found by tests/fuzz: f_bool, f_variant_raw, f_bool_array.) The wire format is
+// unchanged: the pool's workers read blocks of such items as raw bytes too.
+//
+// Not covered: a std::optional's "engaged" flag (a bool inside the object, where no
+// portable code can look at it without reading it), and a plain struct with a bool or an
+// enum member. See the fuzz report: an optional at the top level of a message should go
+// through cereal, whose loader checks its flag, on both the codec's and the pool's paths.
+template <class T>
+inline constexpr bool is_std_variant = false;
+template <class... T>
+inline constexpr bool is_std_variant<std::variant<T...>> = true;
+template <class T>
+inline constexpr bool is_std_array = false;
+template <class T, std::size_t N>
+inline constexpr bool is_std_array<std::array<T, N>> = true;
+
+template <class T>
+void check_raw_value(const T& value) {
+    if constexpr (std::is_same_v<T, bool>) {
+        (void)checked_bool(reinterpret_cast<const unsigned char&>(value));
+    } else if constexpr (is_std_variant<T>) {
+        // index() reads the index as the integer it is stored as: defined for any byte.
+        if (value.index() >= std::variant_size_v<T>)
+            throw ProcessError("multiprocessing: a message from another process is corrupt (a std::variant's "
+                               "index is " + std::to_string(value.index()) + ")");
+        std::visit([](const auto& alternative) { check_raw_value(alternative); }, value);
+    } else if constexpr (is_std_array<T>) {
+        for (const auto& element : value) check_raw_value(element);
+    }
+}
+
 template <class T>
 void put(ByteWriter& w, const T& value) {
     require_transferable<T>();
@@ -247,7 +363,13 @@ T get(ByteReader& r) {
         // trivially copyable type needs no constructor call).
         alignas(T) unsigned char storage[sizeof(T)];
         r.read(storage, sizeof(T));
-        return *std::launder(reinterpret_cast<T*>(storage));
+        if constexpr (std::is_same_v<T, bool>) {
+            return checked_bool(storage[0]);  // see checked_bool: not any byte is a bool
+        } else {
+            const T& value = *std::launder(reinterpret_cast<T*>(storage));
+            check_raw_value(value);
+            return value;
+        }
     } else {
         static_assert(std::is_default_constructible_v<T>,
                       "multiprocessing: a cereal-serialized type must be default constructible to be "
