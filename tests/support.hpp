@@ -21,6 +21,10 @@
 #include <cstdint>
 #include <deque>
 #include <fstream>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -224,5 +228,71 @@ struct Record {
     }
     bool operator==(const Record&) const = default;
 };
+
+// ---- waiting on code that might hang ---------------------------------------------------
+
+// f() running on its own thread; wait(timeout) gives nullopt while it runs (and leaves
+// it running, detached, if the test gives up: f must own what it touches), else what it
+// threw (null if it returned). So a library bug that hangs fails the test instead.
+class Async {
+public:
+    template <class F>
+    explicit Async(F f) : state_(std::make_shared<State>()) {
+        std::thread([state = state_, f = std::move(f)]() mutable {
+            std::exception_ptr error;
+            try {
+                f();
+            } catch (...) {
+                error = std::current_exception();
+            }
+            std::lock_guard g(state->m);
+            state->error = error;
+            state->done = true;
+            state->cv.notify_all();
+        }).detach();
+    }
+    std::optional<std::exception_ptr> wait(std::chrono::milliseconds timeout) {
+        std::unique_lock lock(state_->m);
+        if (!state_->cv.wait_for(lock, timeout, [&] { return state_->done; })) return std::nullopt;
+        return state_->error;
+    }
+
+private:
+    struct State {
+        std::mutex m;
+        std::condition_variable cv;
+        bool done = false;
+        std::exception_ptr error;
+    };
+    std::shared_ptr<State> state_;
+};
+
+template <class F>
+std::optional<std::exception_ptr> run_within(std::chrono::milliseconds timeout, F f) {
+    return Async(std::move(f)).wait(timeout);
+}
+
+template <class E>
+bool is_a(const std::exception_ptr& e) {
+    if (!e) return false;
+    try {
+        std::rethrow_exception(e);
+    } catch (const E&) {
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+inline std::string what_of(const std::exception_ptr& e) {
+    if (!e) return "(returned normally)";
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+        return x.what();
+    } catch (...) {
+        return "(not a std::exception)";
+    }
+}
 
 }  // namespace mp_test

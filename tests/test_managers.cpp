@@ -73,64 +73,9 @@ bool throws_as(F&& f) {
     return false;
 }
 
-// Runs f on a thread and waits at most `timeout` for it: nullopt if it did not finish
-// (the thread is then left behind, detached: f must own everything it touches), else the
-// exception it threw (a null exception_ptr if it returned). So a library bug that hangs
-// fails the test instead of hanging it.
-template <class F>
-std::optional<std::exception_ptr> run_within(std::chrono::milliseconds timeout, F f) {
-    struct State {
-        std::mutex m;
-        std::condition_variable cv;
-        bool done = false;
-        std::exception_ptr error;
-    };
-    auto state = std::make_shared<State>();
-    std::thread t([state, f = std::move(f)]() mutable {
-        std::exception_ptr error;
-        try {
-            f();
-        } catch (...) {
-            error = std::current_exception();
-        }
-        std::lock_guard g(state->m);
-        state->error = error;
-        state->done = true;
-        state->cv.notify_all();
-    });
-    std::unique_lock lock(state->m);
-    if (!state->cv.wait_for(lock, timeout, [&] { return state->done; })) {
-        lock.unlock();
-        t.detach();
-        return std::nullopt;
-    }
-    lock.unlock();
-    t.join();
-    return state->error;
-}
-
-template <class E>
-bool is_a(const std::exception_ptr& e) {
-    if (!e) return false;
-    try {
-        std::rethrow_exception(e);
-    } catch (const E&) {
-        return true;
-    } catch (...) {
-        return false;
-    }
-}
-
-std::string what_of(const std::exception_ptr& e) {
-    if (!e) return "(returned normally)";
-    try {
-        std::rethrow_exception(e);
-    } catch (const std::exception& x) {
-        return x.what();
-    } catch (...) {
-        return "(not a std::exception)";
-    }
-}
+using mp_test::is_a;
+using mp_test::run_within;
+using mp_test::what_of;
 
 // ---- the exit status of a process that someone else reaps --------------------------------
 //

@@ -33,13 +33,6 @@
 
 namespace multiprocessing::detail::manager {
 
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-}
 
 // How many threads of this process may spin-wait on a socket at once.
 class SpinSlots {
