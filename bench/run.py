@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Run the benchmarks in C++ (mp::Pool, Queue, Pipe, Lock) and in Python
+"""Run the benchmarks in C++ (mp::Pool, Queue, Pipe, Lock, managers) and in Python
 (multiprocessing) and print them side by side.
 
-    python3 bench/run.py [--build-dir build] [--suite pool|ipc] [--only cpp|python] [--quick] [--json]
+    python3 bench/run.py [--build-dir build] [--suite pool|ipc|managers] [--only cpp|python] [--quick] [--json]
 
---build-dir  where CMake built bench_pool and bench_ipc (default: build). If a binary is
-             missing, `cmake --build <dir> --target <it>` is run; nothing else is built.
---suite      run one suite only: pool (bench_pool) or ipc (bench_ipc: Queue, Pipe, Lock).
+--build-dir  where CMake built bench_pool, bench_ipc and bench_managers (default: build).
+             If a binary is missing, `cmake --build <dir> --target <it>` is run; nothing
+             else is built.
+--suite      run one suite only: pool (bench_pool), ipc (bench_ipc: Queue, Pipe, Lock)
+             or managers (bench_managers: proxy calls to a manager's server).
 --only       run one side only (the table then shows "-" for the other).
 --quick      half the repetitions on both sides.
 --json       also print the raw JSON lines of both sides.
@@ -43,10 +45,21 @@ IPC_ROWS = [
     ("lock_uncontended", "Lock acquire+release, uncontended", "max", 50.0),
 ]
 
+# Targets: 10x Python's calls per second (Python 3.11 on this machine, load < 0.5).
+MANAGERS_ROWS = [
+    ("manager_list_append_local", "Manager().list().append", "min", 200.0),
+    ("manager_list_append_tcp", "SyncManager on TCP: list.append", "min", 150.0),
+    ("manager_dict_set_local", "Manager().dict(): d[i] = i", "min", 150.0),
+    # Python returns a proxy to the int here (an AutoProxy, new per call), so its figure
+    # is not a proxy round trip; the target is that of the other TCP row.
+    ("manager_call_function_tcp", "BaseManager on TCP: get_double(2)", "min", 150.0),
+]
+
 # suite: (C++ binary, Python script, rows)
 SUITES = {
     "pool": ("bench_pool", "bench_pool.py", POOL_ROWS),
     "ipc": ("bench_ipc", "bench_ipc.py", IPC_ROWS),
+    "managers": ("bench_managers", "bench_managers.py", MANAGERS_ROWS),
 }
 
 TIME_UNITS = {"ms", "us", "ns"}
