@@ -229,6 +229,24 @@ struct Record {
     bool operator==(const Record&) const = default;
 };
 
+// Daemon children; any still running when the test ends (passing or not) are killed.
+struct DaemonChildren : Children {
+    DaemonChildren() : Children(/*daemon=*/true) {}
+};
+
+// True if f() throws an E (and nothing else).
+template <class E, class F>
+bool throws_as(F&& f) {
+    try {
+        f();
+    } catch (const E&) {
+        return true;
+    } catch (...) {
+        return false;
+    }
+    return false;
+}
+
 // ---- waiting on code that might hang ---------------------------------------------------
 
 // f() running on its own thread; wait(timeout) gives nullopt while it runs (and leaves

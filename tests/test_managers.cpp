@@ -55,23 +55,9 @@ using mp_test::wait_gone;
 
 namespace {
 
-// Daemon children; any still running when the test ends (passing or not) are killed.
-struct Kids : mp_test::Children {
-    Kids() : Children(/*daemon=*/true) {}
-};
+using Kids = mp_test::DaemonChildren;
 
-// True if f() throws an E (and nothing else).
-template <class E, class F>
-bool throws_as(F&& f) {
-    try {
-        f();
-    } catch (const E&) {
-        return true;
-    } catch (...) {
-        return false;
-    }
-    return false;
-}
+using mp_test::throws_as;
 
 using mp_test::is_a;
 using mp_test::run_within;

@@ -59,10 +59,7 @@ constexpr double slack = 5.0;   // how late a timed wait may end, generously
 // ---------------------------------------------------------------------------------
 // Child processes
 
-// Daemon children; any still running when the test ends (passing or not) are killed.
-struct Kids : mp_test::Children {
-    Kids() : Children(/*daemon=*/true) {}
-};
+using Kids = mp_test::DaemonChildren;
 
 // ---------------------------------------------------------------------------------
 // Item types

@@ -45,27 +45,14 @@ using mp_test::wait_gone;
 
 namespace {
 
-struct Kids : mp_test::Children {
-    Kids() : Children(/*daemon=*/true) {}
-};
+using Kids = mp_test::DaemonChildren;
 
 using mp_test::Async;
 using mp_test::is_a;
 using mp_test::run_within;
 using mp_test::what_of;
 
-// True if f() throws an E (and nothing else).
-template <class E, class F>
-bool throws_as(F&& f) {
-    try {
-        f();
-    } catch (const E&) {
-        return true;
-    } catch (...) {
-        return false;
-    }
-    return false;
-}
+using mp_test::throws_as;
 
 // A failing test must not leave a server or a client behind for the tests after it.
 void kill_if_running(pid_t pid) {

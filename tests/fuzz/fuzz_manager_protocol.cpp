@@ -307,7 +307,7 @@ void run_connection(std::span<const std::byte> stream, bool said_hello, bool ser
     bool close = false;
     if (said_hello) {
         std::vector<std::byte> hello;
-        md::encode_request<>(hello, 0, md::Op::hello, hello_session, {}, nullptr);
+        md::encode_request(hello, 0, md::Op::hello, hello_session, {});
         core.handle(hello, state, out, md::wire::frame_header_size, close);
         if (close || !state.said_hello) fail("hello refused");
     }
@@ -364,9 +364,7 @@ public:
     template <class... A>
     Stream& request(md::Op op, std::uint64_t object, std::string_view name, const A&... args) {
         std::vector<std::byte> frame;
-        const md::argument_tuple<A...> tuple{args...};
-        md::encode_request<A...>(frame, md::wire::frame_header_size, op, object, name,
-                                 sizeof...(A) ? &tuple : nullptr);
+        md::encode_request(frame, md::wire::frame_header_size, op, object, name, args...);
         md::wire::encode_frame_header(frame.data(), frame.size() - md::wire::frame_header_size);
         bytes_.insert(bytes_.end(), frame.begin(), frame.end());
         return *this;

@@ -78,11 +78,9 @@ public:
             ByteReader body = open_reply(reply, name.empty() ? std::string_view("a request") : name);
             if constexpr (!std::is_null_pointer_v<std::decay_t<Read>>) read_result(body);
         } catch (const EOFError&) {
-            forget_thread_channel();
-            throw_server_gone();
-        } catch (const std::system_error&) {
-            forget_thread_channel();
-            throw_server_gone();
+            server_gone();
+        } catch (const std::system_error&) {  // EPIPE/ECONNRESET on send
+            server_gone();
         }
     }
 
@@ -96,6 +94,13 @@ public:
         return channel;
     }
 
+    // This thread's connection is dead: forget it (a later call reconnects, or fails
+    // to connect with a clear error) and say what happened.
+    [[noreturn]] void server_gone() {
+        forget_thread_channel();
+        throw_server_gone();
+    }
+
     [[noreturn]] void throw_server_gone() const {
         throw ProcessError("manager: the server at " + address_.to_string() +
                            " closed the connection; it was shut down or it died");
@@ -105,14 +110,7 @@ private:
     template <class... A>
     static void encode(std::vector<std::byte>& out, Op op, std::uint64_t object, std::string_view name,
                        const A&... arguments) {
-        const std::size_t head = request_header_size(name.size());
-        if (name.size() > max_name_length)
-            throw ValueError("manager: a name longer than " + std::to_string(max_name_length) + " bytes");
-        const std::size_t body = (std::size_t(0) + ... + encoded_size(arguments));
-        out.resize(wire::frame_header_size + head + body);
-        write_request_header(out.data() + wire::frame_header_size, op, object, name, signature_of<A...>());
-        ByteWriter w(out.data() + wire::frame_header_size + head);
-        (put(w, arguments), ...);
+        encode_request(out, wire::frame_header_size, op, object, name, arguments...);
     }
 
     // The session is this process: a child gets another token, so the server counts

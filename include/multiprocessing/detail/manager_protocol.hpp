@@ -137,31 +137,24 @@ inline RequestView parse_request(std::span<const std::byte> in) {
     return r;
 }
 
-// Encodes a whole request, frame header included, into `out` (reused between calls).
-//
-// The arguments go one by one, each with its own put(), because that is how the server
-// reads them (get<A>() each, in make_method and decode_and_apply) and how the client
-// writes them (ClientCore::encode). The tuple as a whole went through cereal's tuple
-// instead, which writes a trivially copyable std::optional or std::variant argument in
-// cereal's form (flag or index, then the value) where get<A>() expects its raw bytes:
-// found by tests/fuzz, whose seeds are made here (an optional<double> argument came out
-// 9 bytes long; the server read 16 and said "truncated or corrupt").
+// Encodes a whole request into `out` (reused between calls), leaving `frame_header`
+// bytes of room in front for the frame's length. The one encoder of requests (the client
+// and the fuzz target's seeds both use it): the arguments go one by one, each with its own
+// put(), because that is how the server reads them (get<A>() each, in make_method and
+// decode_and_apply). Through cereal's tuple, a trivially copyable std::optional argument
+// would come out in cereal's form instead (found by tests/fuzz when this had a twin).
 template <class... A>
 void encode_request(std::vector<std::byte>& out, std::size_t frame_header, Op op, std::uint64_t object,
-                    std::string_view name, const argument_tuple<A...>* arguments) {
+                    std::string_view name, const A&... arguments) {
     if (name.size() > max_name_length)
         throw ValueError("manager: the name '" + std::string(name.substr(0, 64)) + "...' is longer than " +
                          std::to_string(max_name_length) + " bytes");
     const std::size_t head = request_header_size(name.size());
-    const std::size_t body =
-        arguments ? std::apply([](const auto&... a) { return (std::size_t(0) + ... + encoded_size(a)); }, *arguments)
-                  : 0;
+    const std::size_t body = (std::size_t(0) + ... + encoded_size(arguments));
     out.resize(frame_header + head + body);
     write_request_header(out.data() + frame_header, op, object, name, signature_of<A...>());
-    if (arguments) {
-        ByteWriter w(out.data() + frame_header + head);
-        std::apply([&](const auto&... a) { (put(w, a), ...); }, *arguments);
-    }
+    ByteWriter w(out.data() + frame_header + head);
+    (put(w, arguments), ...);
 }
 
 // ---- replies --------------------------------------------------------------------------
@@ -311,7 +304,7 @@ public:
     void call(const RequestView& request, ByteReader& arguments, Reply& reply) override {
         const Method<S>* m = find(request.name);
         if (!m)
-            throw AttributeLikeError("manager: " + std::string(proxy_kind_) + " has no exposed method '" +
+            throw ValueError("manager: " + std::string(proxy_kind_) + " has no exposed method '" +
                                      std::string(request.name) + "'");
         if (m->signature != request.signature)
             throw ValueError("manager: method '" + m->name + "' of " + std::string(proxy_kind_) +
@@ -329,9 +322,6 @@ public:
     }
 
     std::string_view proxy_kind() const noexcept override { return proxy_kind_; }
-
-    // Python raises AttributeError; C++ callers see a ValueError subclass-free message.
-    using AttributeLikeError = ValueError;
 
 private:
     const Method<S>* find(std::string_view name) const noexcept {
