@@ -11,3 +11,4 @@
 #include "multiprocessing/shared_memory.hpp"
 #include "multiprocessing/sharedctypes.hpp"
 #include "multiprocessing/synchronize.hpp"
+#include "multiprocessing/util.hpp"

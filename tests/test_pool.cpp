@@ -3,7 +3,9 @@
 // exceptions coming back as their own type, void functions, lazy imap, handles.
 //
 // Where a test needs a task to block until the parent says so, it uses a pipe created
-// *before* the Pool (workers are forked from the parent and inherit it).
+// *before* the Pool (workers are forked from the parent and inherit it). Those tests are
+// tagged [fork]: a spawned or fork-server worker inherits no fd, so ctest's spawn and
+// forkserver runs of this file (tests/CMakeLists.txt) leave them out.
 #include <catch2/catch.hpp>
 #include <multiprocessing.hpp>
 
@@ -238,7 +240,7 @@ TEST_CASE("apply_async passes a single std::tuple as one argument", "[pool]") {
 }
 
 TEST_CASE("apply_async: get(timeout) throws TimeoutError, wait/ready/successful",
-          "[pool]") {
+          "[pool][fork]") {
     Pipe gate;
     mp::Pool pool(2);
     auto r = pool.apply_async(sqr_after_byte, gate.r, 6);
@@ -364,7 +366,7 @@ TEST_CASE("apply_async callbacks run before ready(), in one result thread", "[po
     }
 }
 
-TEST_CASE("apply/apply_async with a void function", "[pool]") {
+TEST_CASE("apply/apply_async with a void function", "[pool][fork]") {
     Pipe out;
     mp::Pool pool(2);
     static_assert(std::is_void_v<decltype(pool.apply(void_report, out.w, 7))>);
@@ -493,7 +495,7 @@ TEST_CASE("map_async with callback and error_callback", "[pool]") {
     CHECK_THROWS_AS(bad.get(), std::invalid_argument);
 }
 
-TEST_CASE("map_async get(timeout) while chunks are blocked", "[pool]") {
+TEST_CASE("map_async get(timeout) while chunks are blocked", "[pool][fork]") {
     Pipe gate;
     mp::Pool pool(2);
     int fd = gate.r;
@@ -505,7 +507,7 @@ TEST_CASE("map_async get(timeout) while chunks are blocked", "[pool]") {
     CHECK(r.get(5s) == std::vector<int>{1, 4, 9, 16});
 }
 
-TEST_CASE("map/map_async with a void function", "[pool]") {
+TEST_CASE("map/map_async with a void function", "[pool][fork]") {
     Pipe out;
     mp::Pool pool(2);
     int fd = out.w;
@@ -606,7 +608,7 @@ TEST_CASE("imap_unordered gives every result once", "[pool]") {
     CHECK_THROWS_AS(e.next(), mp::StopIteration);
 }
 
-TEST_CASE("imap_unordered yields results as they complete", "[pool]") {
+TEST_CASE("imap_unordered yields results as they complete", "[pool][fork]") {
     Pipe gate;
     mp::Pool pool(2);
     int fd = gate.r;
@@ -625,7 +627,7 @@ TEST_CASE("imap_unordered yields results as they complete", "[pool]") {
     CHECK_THROWS_AS(it.next(), mp::StopIteration);
 }
 
-TEST_CASE("imap next(timeout) throws TimeoutError, then goes on", "[pool]") {
+TEST_CASE("imap next(timeout) throws TimeoutError, then goes on", "[pool][fork]") {
     Pipe gate;
     mp::Pool pool(2);
     int fd = gate.r;
@@ -805,7 +807,7 @@ TEST_CASE("error_callback receives the exception (test_async_error_callback)", "
 // =====================================================================================
 // Pool options, lifetime, misuse
 
-TEST_CASE("initializer runs in every worker, not in the parent", "[pool]") {
+TEST_CASE("initializer runs in every worker, not in the parent", "[pool][fork]") {
     g_initialized = 0;
     {
         mp::Pool pool({.processes = 2, .initializer = init_worker});
@@ -927,7 +929,7 @@ TEST_CASE("close() then join() waits for outstanding work", "[pool]") {
     CHECK(r.get(0s) == squares(v));
 }
 
-TEST_CASE("terminate(): an unfinished result's get() throws ProcessError at once", "[pool]") {
+TEST_CASE("terminate(): an unfinished result's get() throws ProcessError at once", "[pool][fork]") {
     Pipe started;
     mp::Pool pool(1);
     int fd = started.w;
@@ -966,7 +968,7 @@ TEST_CASE("terminate(): an unfinished result's get() throws ProcessError at once
     pool.join();
 }
 
-TEST_CASE("The destructor terminates: a long task does not make it hang", "[pool]") {
+TEST_CASE("The destructor terminates: a long task does not make it hang", "[pool][fork]") {
     Pipe started;
     int fd = started.w;
     std::optional<mp::AsyncResult<int>> r;

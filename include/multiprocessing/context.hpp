@@ -14,6 +14,7 @@
 
 #include <sched.h>
 
+#include "detail/popen_spawn.hpp"
 #include "detail/process_state.hpp"
 #include "errors.hpp"
 
@@ -136,7 +137,16 @@ inline std::vector<ProcessInfo> active_children() {
     return alive;
 }
 
-inline std::vector<std::string> get_all_start_methods() { return {"fork"}; }
+// The default first, as Python lists them.
+inline std::vector<std::string> get_all_start_methods() { return {"fork", "spawn", "forkserver"}; }
+
+namespace detail {
+inline std::string available_start_methods() {
+    std::string all;
+    for (const auto& m : get_all_start_methods()) all += (all.empty() ? "" : ", ") + m;
+    return all;
+}
+}  // namespace detail
 
 inline std::string get_start_method(bool allow_none = false) {
     std::lock_guard lock(detail::start_method_mutex());
@@ -148,7 +158,7 @@ inline std::string get_start_method(bool allow_none = false) {
 inline void set_start_method(const std::string& method, bool force = false) {
     auto all = get_all_start_methods();
     if (std::find(all.begin(), all.end(), method) == all.end())
-        throw ValueError("set_start_method: cannot find context for '" + method + "'; available: fork");
+        throw ValueError("set_start_method: cannot find context for '" + method + "'; available: " + detail::available_start_methods());
     std::lock_guard lock(detail::start_method_mutex());
     auto& m = detail::start_method_slot();
     if (!m.empty() && !force)
@@ -179,12 +189,15 @@ inline Context get_context(std::optional<std::string> method = std::nullopt) {
     std::string m = method ? *method : get_start_method();
     auto all = get_all_start_methods();
     if (std::find(all.begin(), all.end(), m) == all.end())
-        throw ValueError("get_context: cannot find context for '" + m + "'; available: fork");
+        throw ValueError("get_context: cannot find context for '" + m + "'; available: " + detail::available_start_methods());
     return Context(m);
 }
 
-// Call first in main(). Under the fork start method there is nothing to take over;
-// spawned children will enter their worker loop here.
-inline void freeze_support() {}
+// Call first in main(), before anything else. In the main program it does nothing; in
+// a child started by the spawn start method (a fresh run of this program) it becomes
+// that child, a pool worker or a Process, and exits without returning, so main()'s own
+// code never runs there. A spawned child whose main() does not call it fails its first
+// Pool or Process with an error that says so.
+inline void freeze_support() { detail::take_over_if_spawned(); }
 
 }  // namespace multiprocessing

@@ -913,7 +913,7 @@ struct ServedPool {
                 result.get();
                 return std::vector<std::byte>();
             } else {
-                return encode_to_bytes(result.get());
+                return encode_values(result.get());
             }
         };
         p->ready = [result] { return result.ready(); };
@@ -928,14 +928,6 @@ struct ServedPool {
         auto it = pending.find(id);
         if (it == pending.end()) throw KeyError("manager Pool: no pending result " + std::to_string(id));
         return it->second;
-    }
-
-    template <class T>
-    static std::vector<std::byte> encode_to_bytes(const T& v) {
-        std::vector<std::byte> out(encoded_size(v));
-        ByteWriter w(out.data());
-        put(w, v);
-        return out;
     }
 
     multiprocessing::Pool pool;
@@ -962,7 +954,7 @@ std::vector<std::byte> run_apply(ServedPool& served, ByteReader& in) {
                 served.pool.apply(fn, a...);
                 return std::vector<std::byte>();
             } else {
-                return ServedPool::encode_to_bytes(served.pool.apply(fn, a...));
+                return encode_values(served.pool.apply(fn, a...));
             }
         },
         args);
@@ -974,7 +966,7 @@ std::vector<std::byte> run_apply_async(ServedPool& served, ByteReader& in) {
     std::tuple<A...> args{get<A>(in)...};
     const std::uint64_t id =
         std::apply([&](A&... a) { return served.keep(served.pool.apply_async(fn, a...)); }, args);
-    return ServedPool::encode_to_bytes(id);
+    return encode_values(id);
 }
 
 template <bool Star, bool Async, class Fn, class T>
@@ -984,13 +976,13 @@ std::vector<std::byte> run_map(ServedPool& served, ByteReader& in) {
     auto chunksize = get<std::optional<std::uint64_t>>(in);
     const MapOptions options{.chunksize = chunksize ? std::optional<std::size_t>(*chunksize) : std::nullopt};
     if constexpr (Async && Star) {
-        return ServedPool::encode_to_bytes(served.keep(served.pool.starmap_async(fn, items, {.chunksize = options.chunksize})));
+        return encode_values(served.keep(served.pool.starmap_async(fn, items, {.chunksize = options.chunksize})));
     } else if constexpr (Async) {
-        return ServedPool::encode_to_bytes(served.keep(served.pool.map_async(fn, items, {.chunksize = options.chunksize})));
+        return encode_values(served.keep(served.pool.map_async(fn, items, {.chunksize = options.chunksize})));
     } else if constexpr (Star) {
-        return ServedPool::encode_to_bytes(served.pool.starmap(fn, items, options));
+        return encode_values(served.pool.starmap(fn, items, options));
     } else {
-        return ServedPool::encode_to_bytes(served.pool.map(fn, items, options));
+        return encode_values(served.pool.map(fn, items, options));
     }
 }
 

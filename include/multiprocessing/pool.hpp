@@ -25,6 +25,7 @@
 #include "detail/callable.hpp"
 #include "detail/codec.hpp"
 #include "detail/pool_core.hpp"
+#include "detail/progress.hpp"
 #include "detail/results.hpp"
 #include "detail/worker.hpp"
 #include "errors.hpp"
@@ -46,16 +47,19 @@ public:
         using Fn = stored_callable_t<F>;
         require_transferable_callable<Fn>();
         (require_process_argument<stored_arg_t<Args>>(), ...);
-        fn_ = [f = Fn(std::forward<F>(f)),
-               stored = std::tuple<stored_arg_t<Args>...>(std::forward<Args>(initargs)...)]() mutable {
-            std::apply([&](auto&... a) { std::invoke(f, a...); }, stored);
-        };
+        Fn fn(std::forward<F>(f));
+        std::tuple<stored_arg_t<Args>...> stored(std::forward<Args>(initargs)...);
+        portable_ = std::apply([&](const auto&... a) { return make_portable_call(fn, a...); }, stored);
+        fn_ = [fn, stored]() mutable { std::apply([&](auto&... a) { std::invoke(fn, a...); }, stored); };
     }
     explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
     const std::function<void()>& function() const noexcept { return fn_; }
+    // The same call, encoded for a spawned worker.
+    const PortableCall& portable() const noexcept { return portable_; }
 
 private:
     std::function<void()> fn_;
+    PortableCall portable_;
 };
 
 template <class R>
@@ -79,6 +83,7 @@ struct ApplyOptions {
 
 struct MapOptions {
     std::optional<std::size_t> chunksize = {};
+    bool progress = false;  // a progress bar on stderr, drawn by the parent as items finish
 };
 
 template <class R>
@@ -86,6 +91,7 @@ struct MapAsyncOptions {
     std::optional<std::size_t> chunksize = {};
     detail::value_callback_t<detail::map_value_t<R>> callback = {};
     detail::error_callback_t error_callback = {};
+    bool progress = false;  // as MapOptions::progress; the bar ends before the callbacks run
 };
 
 // ---- results ---------------------------------------------------------------------------
@@ -248,14 +254,22 @@ struct MapJob {
     std::conditional_t<std::is_void_v<R>, char, std::vector<R>> values{};
     std::size_t remaining;
     std::shared_ptr<Slot> slot;
+    std::unique_ptr<ProgressBar> progress;  // null unless the caller asked for one
 
-    void chunk_done() {
+    void chunk_done(std::size_t items) {
+        if (progress) progress->advance(items);
         if (--remaining == 0 && !slot->done()) {
+            // The last line goes out before get() returns, so it never lands amid the caller's output.
+            if (progress) progress->finish();
             if constexpr (std::is_void_v<R>)
                 slot->set_value();
             else
                 slot->set_value(std::move(values));
         }
+    }
+    void fail(std::exception_ptr e) {
+        if (progress) progress->finish();
+        slot->set_error(std::move(e));
     }
 };
 
@@ -302,7 +316,7 @@ public:
         if constexpr (!std::is_void_v<R> && raw_bytes<R> && !std::is_same_v<R, bool>) {
             if (h.format == ResultFormat::chunk_values) {
                 std::memcpy(job_->values.data() + begin_, body.take(count_ * sizeof(R)), count_ * sizeof(R));
-                return job_->chunk_done();
+                return job_->chunk_done(count_);
             }
         }
         std::exception_ptr first_error;
@@ -311,10 +325,10 @@ public:
             if constexpr (!std::is_void_v<R>)
                 if (value) job_->values[begin_ + i] = std::move(*value);
         });
-        if (first_error) return job_->slot->set_error(first_error);
-        job_->chunk_done();
+        if (first_error) return job_->fail(first_error);
+        job_->chunk_done(count_);
     }
-    void fail(std::exception_ptr e) override { job_->slot->set_error(std::move(e)); }
+    void fail(std::exception_ptr e) override { job_->fail(std::move(e)); }
     const void* job() const noexcept override { return job_.get(); }
 
 private:
@@ -345,6 +359,16 @@ public:
     IMapJob(std::shared_ptr<PoolCore> core, bool ordered, std::size_t window) : core_(std::move(core)), ordered_(ordered), window_(window) {}
 
     void set_puller(Puller p) { pull_ = std::move(p); }
+    // Set before the job is shared. Items are counted as their chunk comes back (result
+    // thread, once per chunk), and the bar ends where the consumer's iteration ends.
+    void show_progress(std::string label, std::optional<std::uint64_t> total) {
+        progress_ = std::make_unique<ProgressBar>(std::move(label), total);
+    }
+    // Before the items are delivered: the consumer that then sees the last one and ends
+    // the bar finds them counted.
+    void count_done(std::size_t items) noexcept {
+        if (progress_) progress_->advance(items);
+    }
 
     void refill(bool unbounded) override {
         // Pull under our lock, submit under the pool's: one pool lock for the batch, and
@@ -424,6 +448,7 @@ public:
         for (;;) {
             if (next_available()) break;
             if (exhausted_ && consumed_ == pulled_) {
+                if (progress_) progress_->finish();
                 if (terminated_) std::rethrow_exception(terminated_);
                 if (source_error_) std::rethrow_exception(std::exchange(source_error_, nullptr));
                 throw StopIteration();
@@ -469,6 +494,7 @@ public:
             cancelled_ = true;
             exhausted_ = true;
         }
+        if (progress_) progress_->finish();
         core_->cancel_pending(this);
     }
 
@@ -507,6 +533,7 @@ private:
     bool exhausted_ = false, cancelled_ = false;
     std::exception_ptr terminated_, source_error_;
     std::atomic<std::uint64_t> arrivals_{0};  // a change tells a polling consumer to look
+    std::unique_ptr<ProgressBar> progress_;    // null unless the caller asked for one
 };
 
 template <bool Star, class Fn, class T>
@@ -529,6 +556,7 @@ public:
         items_ = {};  // encoded: the copy in shared memory is the one that counts now
     }
     void complete(const ResultHeader& h, ByteReader body) override {
+        job_->count_done(count_);
         for_each_item<R>(h, body, [&](std::uint32_t i, auto* value, std::exception_ptr e) {
             ItemOutcome<R> o;
             o.error = e;
@@ -542,6 +570,7 @@ public:
         job_->delivered();
     }
     void fail(std::exception_ptr e) override {
+        job_->count_done(count_);
         for (std::uint32_t i = 0; i < count_; ++i) {
             ItemOutcome<R> o;
             o.error = e;
@@ -640,12 +669,14 @@ public:
             throw ValueError("Pool: the number of processes must be at least 1");
         if (options.maxtasksperchild && *options.maxtasksperchild == 0)
             throw ValueError("Pool: maxtasksperchild must be a positive number or empty");
-        if (options.context && options.context->get_start_method() != "fork")
-            throw ValueError("Pool: start method '" + options.context->get_start_method() + "' is not available");
+        detail::require_takeover("Pool");
         detail::CoreOptions core;
+        core.start_method = detail::parse_start_method(options.context ? options.context->get_start_method()
+                                                                        : get_start_method());
         core.processes = options.processes.value_or(cpu_count());
         core.maxtasksperchild = options.maxtasksperchild.value_or(0);
         core.initializer = options.initializer.function();
+        core.portable_initializer = options.initializer.portable();
         if (options.task_timeout)
             core.task_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(*options.task_timeout);
         core_ = std::make_shared<detail::PoolCore>(std::move(core));
@@ -692,27 +723,27 @@ public:
 
     template <class F, std::ranges::input_range Range>
     auto map(F&& f, Range&& range, MapOptions options = {}) {
-        return run_map<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize);
+        return run_map<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize, options.progress);
     }
 
     template <class F, std::ranges::input_range Range>
     auto map_async(F&& f, Range&& range,
                    MapAsyncOptions<detail::chunk_result_t<false, detail::stored_callable_t<F>, detail::item_t<Range>>>
                        options = {}) {
-        return submit_map<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize,
+        return submit_map<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize, options.progress,
                                  std::move(options.callback), std::move(options.error_callback));
     }
 
     template <class F, std::ranges::input_range Range>
     auto starmap(F&& f, Range&& range, MapOptions options = {}) {
-        return run_map<true>(std::forward<F>(f), std::forward<Range>(range), options.chunksize);
+        return run_map<true>(std::forward<F>(f), std::forward<Range>(range), options.chunksize, options.progress);
     }
 
     template <class F, std::ranges::input_range Range>
     auto starmap_async(F&& f, Range&& range,
                        MapAsyncOptions<detail::chunk_result_t<true, detail::stored_callable_t<F>, detail::item_t<Range>>>
                            options = {}) {
-        return submit_map<true>(std::forward<F>(f), std::forward<Range>(range), options.chunksize,
+        return submit_map<true>(std::forward<F>(f), std::forward<Range>(range), options.chunksize, options.progress,
                                 std::move(options.callback), std::move(options.error_callback));
     }
 
@@ -720,11 +751,13 @@ public:
 
     template <class F, std::ranges::input_range Range>
     auto imap(F&& f, Range&& range, MapOptions options = {}) {
-        return run_imap<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize, true);
+        return run_imap<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize, true,
+                               options.progress);
     }
     template <class F, std::ranges::input_range Range>
     auto imap_unordered(F&& f, Range&& range, MapOptions options = {}) {
-        return run_imap<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize, false);
+        return run_imap<false>(std::forward<F>(f), std::forward<Range>(range), options.chunksize, false,
+                               options.progress);
     }
 
     // ---- lifetime ----
@@ -763,12 +796,12 @@ private:
     }
 
     template <bool Star, class F, class Range>
-    auto run_map(F&& f, Range&& range, std::optional<std::size_t> chunksize) {
+    auto run_map(F&& f, Range&& range, std::optional<std::size_t> chunksize, bool progress) {
         using R = detail::chunk_result_t<Star, detail::stored_callable_t<F>, detail::item_t<Range>>;
         // The chunks read the caller's range in place (it outlives this call); whatever
         // happens, none may still be waiting to be encoded when we return.
         const void* job = nullptr;
-        auto result = submit_map<Star>(std::forward<F>(f), std::forward<Range>(range), chunksize,
+        auto result = submit_map<Star>(std::forward<F>(f), std::forward<Range>(range), chunksize, progress,
                                        detail::value_callback_t<detail::map_value_t<R>>{}, detail::error_callback_t{},
                                        &job);
         result.wait();
@@ -804,7 +837,7 @@ private:
     // is stored there (the caller then waits, and drops the unsent chunks); otherwise the
     // map owns a copy of the input, as Python's map_async owns its list.
     template <bool Star, class F, class Range, class CB>
-    auto submit_map(F&& f, Range&& range, std::optional<std::size_t> chunksize, CB callback,
+    auto submit_map(F&& f, Range&& range, std::optional<std::size_t> chunksize, bool progress, CB callback,
                     detail::error_callback_t error_callback, const void** borrowed_job = nullptr) {
         using Fn = detail::stored_callable_t<F>;
         using T = detail::item_t<Range>;
@@ -817,7 +850,11 @@ private:
             const std::size_t size = checked_chunksize(chunksize, n);
             auto job = std::make_shared<detail::MapJob<R>>(n, (n + size - 1) / size, slot);
             if (borrowed_job) *borrowed_job = job.get();
-            if (n == 0) slot->set_value();  // Python's map of an empty list is []
+            if (progress) job->progress = std::make_unique<detail::ProgressBar>(Star ? "starmap" : "map", n);
+            if (n == 0) {  // Python's map of an empty list is []
+                if (job->progress) job->progress->finish();
+                slot->set_value();
+            }
             try {
                 for (std::size_t begin = 0; begin < n; begin += size) {
                     const std::size_t count = std::min(size, n - begin);
@@ -829,6 +866,7 @@ private:
                 // A chunk was refused (too large, pool closed meanwhile): none of this map's
                 // chunks may still read the caller's range after we return.
                 core_->cancel_pending(job.get());
+                if (job->progress) job->progress->finish();  // chunks still running must not redraw later
                 throw;
             }
         };
@@ -844,7 +882,7 @@ private:
     }
 
     template <bool Star, class F, class Range>
-    auto run_imap(F&& f, Range&& range, std::optional<std::size_t> chunksize, bool ordered) {
+    auto run_imap(F&& f, Range&& range, std::optional<std::size_t> chunksize, bool ordered, bool progress) {
         using Fn = detail::stored_callable_t<F>;
         using T = detail::item_t<Range>;
         check_map_types<Star, Fn, T>();
@@ -855,6 +893,11 @@ private:
         // Enough chunks in flight to keep every worker's queue full, and then some.
         const std::size_t window = 4 * detail::PoolCore::prefetch * core_->processes() * size;
         auto job = std::make_shared<detail::IMapJob<R>>(core_, ordered, window);
+        if (progress) {
+            std::optional<std::uint64_t> total;  // a lazy input's length is not known: count only
+            if constexpr (std::ranges::sized_range<Range>) total = std::ranges::size(range);
+            job->show_progress(ordered ? "imap" : "imap_unordered", total);
+        }
         // The input range: owned when given as an rvalue, referred to when an lvalue
         // (which must then outlive the iteration, as with any view).
         auto view = std::views::all(std::forward<Range>(range));

@@ -15,9 +15,12 @@
 #include "context.hpp"
 #include "detail/callable.hpp"
 #include "detail/popen_fork.hpp"
+#include "detail/forkserver.hpp"
+#include "detail/popen_spawn.hpp"
 #include "detail/process_state.hpp"
 #include "detail/remote_exception.hpp"
 #include "errors.hpp"
+#include "util.hpp"
 
 namespace multiprocessing {
 
@@ -36,10 +39,10 @@ public:
         (detail::require_process_argument<detail::stored_arg_t<Args>>(), ...);
         static_assert(std::is_invocable_v<Fn&, detail::stored_arg_t<Args>&...>,
                       "multiprocessing::Process: the target cannot be called with these arguments");
-        target_ = [fn = Fn(std::forward<F>(target)),
-                   stored = std::tuple<detail::stored_arg_t<Args>...>(std::forward<Args>(args)...)]() mutable {
-            std::apply([&](auto&... a) { std::invoke(fn, a...); }, stored);
-        };
+        Fn fn(std::forward<F>(target));
+        std::tuple<detail::stored_arg_t<Args>...> stored(std::forward<Args>(args)...);
+        portable_target_ = std::apply([&](const auto&... a) { return detail::make_portable_call(fn, a...); }, stored);
+        target_ = [fn, stored]() mutable { std::apply([&](auto&... a) { std::invoke(fn, a...); }, stored); };
     }
 
     Process(Process&&) noexcept = default;
@@ -59,9 +62,32 @@ public:
         if (child_) throw ValueError("Process.start: cannot start a process twice");
         if (current_process().daemon())
             throw ValueError("Process.start: daemonic processes are not allowed to have children");
+        detail::require_takeover("Process.start");
+        const auto method = detail::parse_start_method(start_method_ ? *start_method_ : get_start_method());
         detail::ForkOptions options{name_, daemon_, identity_, false};
-        const pid_t pid = detail::fork_child(std::move(options), [this] { return bootstrap(); });
-        child_ = std::make_shared<detail::ChildRecord>(pid, name_, daemon_);
+        pid_t pid = 0;
+        int status_fd = -1;  // a fork server child's exit status arrives there
+        if (method == detail::StartMethod::fork) {
+            pid = detail::fork_child(std::move(options), [this] { return report_outcome([this] { run(); }); });
+        } else {
+            if (!portable_target_)
+                throw ValueError("Process.start: this process cannot be started by the '" +
+                                 detail::start_method_name(method) + "' start method: " +
+                                 (target_ ? portable_target_.refusal
+                                          : std::string("a Process subclass that overrides run() lives in this "
+                                                        "process's memory, which a fresh process does not "
+                                                        "share; give it a target function, or use fork")));
+            const auto payload = detail::encode_values(portable_target_.runner, portable_target_.payload);
+            const auto entry = detail::address_of_code(&spawned_main);
+            if (method == detail::StartMethod::spawn) {
+                pid = detail::spawn_child(options, entry, payload);
+            } else {
+                auto served = detail::ForkServerClient::instance().start_child(options, entry, payload);
+                pid = served.pid;
+                status_fd = served.status.release();
+            }
+        }
+        child_ = std::make_shared<detail::ChildRecord>(pid, name_, daemon_, status_fd);
         detail::register_child(child_);
     }
 
@@ -133,18 +159,34 @@ private:
         daemon_ = current_process().daemon();
     }
 
-    // In the child: run() and turn its outcome into an exit code, as Python does.
-    int bootstrap() {
+    // In the child: runs its body and turns the outcome into an exit code, as Python does.
+    template <class Body>
+    static int report_outcome(Body&& body) {
         try {
-            run();
+            get_logger().info("child process calling self.run()");
+            body();
+            get_logger().info("process exiting with exitcode 0");
             return 0;
         } catch (...) {
             auto info = detail::describe_current_exception();
             detail::flush_standard_streams();
-            std::fprintf(stderr, "Process %s:\n%s: %s\n", name_.c_str(), info.type.c_str(), info.what.c_str());
+            std::fprintf(stderr, "Process %s:\n%s: %s\n", current_process().name().c_str(), info.type.c_str(),
+                         info.what.c_str());
             std::fflush(stderr);
+            get_logger().info("process exiting with exitcode 1");
             return 1;
         }
+    }
+
+    // A spawned child's entry (see detail::spawn_child): the target and its arguments.
+    static int spawned_main(detail::ByteReader& in) {
+        detail::PortableCall target;
+        target.runner = detail::get<detail::code_address>(in);
+        target.payload = detail::get<std::vector<std::byte>>(in);
+        return report_outcome([&] {
+            detail::ByteReader call(target.payload);
+            detail::code_at<void(detail::ByteReader&)>(target.runner)(call);
+        });
     }
 
     void send(int sig, const char* what) {
@@ -161,7 +203,11 @@ private:
             throw ValueError(std::string("Process.") + what + ": can only be used on a started process");
     }
 
+    friend class Context;
+
     std::function<void()> target_;  // type-checked at construction; lives in the parent
+    detail::PortableCall portable_target_;  // the same, for a spawned child
+    std::optional<std::string> start_method_;  // set by Context::Process; else the default at start()
     std::string name_;
     bool daemon_ = false;
     bool closed_ = false;
@@ -172,7 +218,9 @@ private:
 // Context's factory for processes (declared in context.hpp).
 template <class F, class... A>
 auto Context::Process(F&& target, A&&... args) const {
-    return multiprocessing::Process(std::forward<F>(target), std::forward<A>(args)...);
+    multiprocessing::Process p(std::forward<F>(target), std::forward<A>(args)...);
+    p.start_method_ = method_;
+    return p;
 }
 
 }  // namespace multiprocessing

@@ -75,21 +75,6 @@ inline std::string make_filename() {
     return name;
 }
 
-// Owns an fd until mmap no longer needs it.
-class UniqueFd {
-public:
-    explicit UniqueFd(int fd) noexcept : fd_(fd) {}
-    UniqueFd(const UniqueFd&) = delete;
-    UniqueFd& operator=(const UniqueFd&) = delete;
-    ~UniqueFd() {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    int get() const noexcept { return fd_; }
-
-private:
-    int fd_;
-};
-
 // One mapping of a segment, shared by every copy of a handle in this process.
 struct Mapping {
     std::string name;  // without the leading '/', as Python reports it
@@ -206,7 +191,7 @@ private:
             if (errno == EEXIST && random_name) continue;
             detail::throw_segment_error(errno, "cannot create", chosen);
         }
-        detail::UniqueFd owned(fd);
+        multiprocessing::detail::UniqueFd owned(fd);
         bool registered = false;
         try {
             if (track) {
@@ -235,7 +220,7 @@ private:
         const std::string path = "/" + name;
         const int fd = ::shm_open(path.c_str(), O_RDWR | O_CLOEXEC, 0600);
         if (fd < 0) detail::throw_segment_error(errno, "cannot attach to", name);
-        detail::UniqueFd owned(fd);
+        multiprocessing::detail::UniqueFd owned(fd);
         struct stat st {};
         if (::fstat(fd, &st) != 0) detail::throw_segment_error(errno, "cannot read the size of", name);
         if (st.st_size <= 0)

@@ -3,20 +3,29 @@
 // Accepted: function pointers, lambdas without captures, lambdas whose captures are
 // all trivially copyable, and function objects that cereal can serialize. Their bytes
 // (or serialized form) go in the task; the code itself is found in the other process by
-// its address, which a fork child shares with its parent (spawn-style children will
-// translate it through the loaded image: see code_address()).
+// its place in the loaded image (see code_address), valid in a fork child and in a
+// spawned one alike.
 //
 // Rejected at compile time, with the reason: std::function (it hides what it holds, so
 // nothing can say whether that is safe to copy) and lambdas capturing non-trivially-
 // copyable things such as a std::string (their heap memory stays in the parent).
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <mutex>
+#include <optional>
 #include <functional>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
+#include <vector>
 
+#include <link.h>
+
+#include "../errors.hpp"
 #include "codec.hpp"
 
 namespace multiprocessing::detail {
@@ -62,17 +71,115 @@ using stored_arg_t = std::conditional_t<
     std::is_same_v<std::decay_t<A>, const char*> || std::is_same_v<std::decay_t<A>, char*>,
     std::string, std::decay_t<A>>;
 
-// The address of code, as it travels. Under fork the child's image is the parent's, so
-// the address itself is valid there.
-using code_address = std::uintptr_t;
+// The address of code, as it travels: which loaded image holds it and where in that
+// image. A fork child could use raw addresses, but a spawned child (a fresh exec of the
+// same executable) has every image at another base under ASLR, so an address only
+// means something as (image, offset). One encoding serves every start method.
+using code_address = std::uint64_t;
+
+namespace code_image {
+
+// Bits of a code_address: image index (in dl_iterate_phdr order: the executable first,
+// then its libraries in load order, which a fresh exec of the same program repeats),
+// a check byte of the image's path, and the offset from the image's load base.
+inline constexpr int index_shift = 56;
+inline constexpr int check_shift = 48;
+inline constexpr std::uint64_t offset_mask = (std::uint64_t{1} << check_shift) - 1;
+
+struct Image {
+    std::uintptr_t base;   // dlpi_addr: what offsets are relative to
+    std::uintptr_t begin;  // the lowest and highest address of its loaded segments
+    std::uintptr_t end;
+    std::uint8_t check;    // a hash byte of its path
+};
+
+struct Table {
+    std::vector<Image> images;  // by index
+};
+
+inline std::uint8_t path_check(const char* path) noexcept {
+    std::uint32_t h = 2166136261u;  // FNV-1a
+    for (const char* p = path ? path : ""; *p; ++p) h = (h ^ static_cast<unsigned char>(*p)) * 16777619u;
+    return static_cast<std::uint8_t>(h ^ (h >> 8) ^ (h >> 16) ^ (h >> 24));
+}
+
+inline const Table* build_table() {
+    auto* table = new Table;
+    ::dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t, void* out) -> int {
+            Image image{info->dlpi_addr, UINTPTR_MAX, 0, path_check(info->dlpi_name)};
+            for (int i = 0; i < info->dlpi_phnum; ++i) {
+                const auto& ph = info->dlpi_phdr[i];
+                if (ph.p_type != PT_LOAD) continue;
+                image.begin = std::min<std::uintptr_t>(image.begin, info->dlpi_addr + ph.p_vaddr);
+                image.end = std::max<std::uintptr_t>(image.end, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
+            }
+            static_cast<Table*>(out)->images.push_back(image);
+            return 0;
+        },
+        table);
+    return table;
+}
+
+// The images as last seen. Rebuilt when an address or index is not found (a library
+// dlopen'ed since); old tables are leaked on purpose, since a reader may still hold
+// one, and there are only as many as there are dlopen's that mattered.
+inline std::atomic<const Table*>& current_table() noexcept {
+    static std::atomic<const Table*> table{nullptr};
+    return table;
+}
+inline const Table& table(bool rebuild = false) {
+    static std::mutex rebuilding;
+    // acquire: pairs with the release store below, so the table's contents are seen.
+    const Table* t = current_table().load(std::memory_order_acquire);
+    if (t && !rebuild) return *t;
+    std::lock_guard lock(rebuilding);
+    const Table* again = current_table().load(std::memory_order_acquire);
+    if (again && again != t) return *again;  // another thread rebuilt it meanwhile
+    const Table* fresh = build_table();
+    current_table().store(fresh, std::memory_order_release);
+    return *fresh;
+}
+
+inline std::optional<code_address> find(const Table& t, std::uintptr_t address) noexcept {
+    for (std::size_t i = 0; i < t.images.size() && i < 256; ++i) {
+        const Image& image = t.images[i];
+        if (address >= image.begin && address < image.end)
+            return (std::uint64_t(i) << index_shift) | (std::uint64_t(image.check) << check_shift) |
+                   ((address - image.base) & offset_mask);
+    }
+    return std::nullopt;
+}
+
+inline code_address encode(std::uintptr_t address) {
+    if (auto a = find(table(), address)) return *a;
+    if (auto a = find(table(/*rebuild=*/true), address)) return *a;
+    throw ValueError("multiprocessing: this function's code is in no loaded executable or library (generated at "
+                     "run time?), so another process cannot find it; pass a function compiled into the program");
+}
+
+inline std::uintptr_t decode(code_address a) {
+    const std::size_t index = a >> index_shift;
+    const auto check = static_cast<std::uint8_t>(a >> check_shift);
+    for (bool rebuild : {false, true}) {
+        const Table& t = table(rebuild);
+        if (index < t.images.size() && t.images[index].check == check)
+            return t.images[index].base + (a & offset_mask);
+    }
+    throw ProcessError("multiprocessing: a function sent from another process lives in a library that is not loaded "
+                       "here at the same place in the load order (a library dlopen'ed in one process only?); "
+                       "load it the same way in both, or use the fork start method");
+}
+
+}  // namespace code_image
 
 template <class Fn>
-code_address address_of_code(Fn* fn) noexcept {
-    return reinterpret_cast<code_address>(fn);
+code_address address_of_code(Fn* fn) {
+    return code_image::encode(reinterpret_cast<std::uintptr_t>(fn));
 }
 template <class Fn>
-Fn* code_at(code_address address) noexcept {
-    return reinterpret_cast<Fn*>(address);
+Fn* code_at(code_address address) {
+    return reinterpret_cast<Fn*>(code_image::decode(address));
 }
 
 // Writes a callable into a task.
@@ -107,6 +214,42 @@ F get_callable(ByteReader& r) {
     } else {
         return get<F>(r);
     }
+}
+
+// A call that can be made in a spawned process: `runner` is a `void(ByteReader&)` that
+// decodes a callable and its arguments from `payload` and calls it. When the call could
+// not be encoded (a shared handle among its arguments, for now), `refusal` says why.
+struct PortableCall {
+    code_address runner = 0;
+    std::vector<std::byte> payload;
+    std::string refusal;
+    explicit operator bool() const noexcept { return runner != 0; }
+};
+
+template <class Fn, class... A>
+void run_portable_call(ByteReader& in) {
+    Fn fn = get_callable<Fn>(in);
+    std::tuple<A...> args{get<A>(in)...};  // braced: decoded left to right
+    std::apply([&](auto&... a) { std::invoke(fn, a...); }, args);
+}
+
+// Encodes f(args...) for a spawned process, or says why it cannot be.
+template <class Fn, class... A>
+PortableCall make_portable_call(const Fn& fn, const A&... args) {
+    PortableCall call;
+    if constexpr ((transferable<A> && ...)) {
+        call.runner = address_of_code(&run_portable_call<Fn, A...>);
+        call.payload = encode_with([&](ByteWriter& w) {
+            put_callable(w, fn);
+            (put(w, args), ...);
+        });
+    } else {
+        call.refusal =
+            "a Queue, Lock, Pipe end, Value or other shared handle cannot yet be passed to a process started "
+            "by the spawn or forkserver start method; use the fork start method for this, or have the child "
+            "create or connect to the object itself (a Manager proxy's address, say)";
+    }
+    return call;
 }
 
 }  // namespace multiprocessing::detail

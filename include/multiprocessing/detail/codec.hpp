@@ -22,6 +22,7 @@
 #include <string>
 #include <type_traits>
 #include <variant>
+#include <vector>
 
 #include <cereal/cereal.hpp>
 #include <cereal/types/array.hpp>
@@ -386,6 +387,22 @@ std::size_t encoded_size(const T&... values) {
     ByteWriter counter;
     (put(counter, values), ...);
     return counter.written();
+}
+
+// Runs `put_all(ByteWriter&)` twice: once to size the buffer, once to fill it.
+template <class PutAll>
+std::vector<std::byte> encode_with(PutAll&& put_all) {
+    ByteWriter counter;
+    put_all(counter);
+    std::vector<std::byte> out(counter.written());
+    ByteWriter w(out.data());
+    put_all(w);
+    return out;
+}
+
+template <class... T>
+std::vector<std::byte> encode_values(const T&... values) {
+    return encode_with([&](ByteWriter& w) { (put(w, values), ...); });
 }
 
 }  // namespace multiprocessing::detail

@@ -37,8 +37,12 @@
 
 #include "../errors.hpp"
 #include "popen_fork.hpp"
+#include "forkserver.hpp"
+#include "popen_spawn.hpp"
+#include "process_state.hpp"
 #include "shm.hpp"
 #include "worker.hpp"
+#include "../util.hpp"
 
 namespace multiprocessing::detail {
 
@@ -80,7 +84,9 @@ public:
 struct CoreOptions {
     std::size_t processes = 1;
     std::size_t maxtasksperchild = 0;  // 0: unlimited
-    std::function<void()> initializer;
+    std::function<void()> initializer;  // for fork workers
+    PortableCall portable_initializer;  // the same, for spawned ones
+    StartMethod start_method = StartMethod::fork;
     std::optional<std::chrono::nanoseconds> task_timeout;
     std::uint32_t task_ring_bytes = 32u << 20;
     std::uint32_t result_ring_bytes = 32u << 20;
@@ -114,22 +120,24 @@ class PoolCore : public std::enable_shared_from_this<PoolCore> {
 public:
     static constexpr std::size_t prefetch = 32;  // tasks queued per worker, the running one included
 
-    explicit PoolCore(CoreOptions options) : options_(std::move(options)) {
-        const std::size_t n = options_.processes;
-        const std::size_t control_bytes = sizeof(PoolControl) + n * sizeof(WorkerControl);
-        const std::size_t per_worker = std::size_t(options_.task_ring_bytes) + options_.result_ring_bytes;
-        segment_ = SharedSegment::create(round_up(control_bytes) + n * per_worker, "multiprocessing-pool");
-        // Fork children inherit the mapping; nothing else needs the fd.
-        segment_.close_fd();
+    explicit PoolCore(CoreOptions options)
+        : options_(std::move(options)),
+          layout_{options_.processes, options_.task_ring_bytes, options_.result_ring_bytes} {
+        if (options_.start_method != StartMethod::fork && options_.initializer && !options_.portable_initializer)
+            throw ValueError("Pool: the initializer cannot reach a spawned worker: " +
+                             options_.portable_initializer.refusal);
+        segment_ = SharedSegment::create(layout_.total(), "multiprocessing-pool");
+        // Fork children inherit the mapping; nothing else needs the fd. Spawned workers
+        // are given it, replacements included, so those pools keep it.
+        if (options_.start_method == StartMethod::fork) segment_.close_fd();
         control_ = new (segment_.data()) PoolControl;
-        std::byte* rings = segment_.data() + round_up(control_bytes);
-        workers_ = std::vector<Worker>(n);  // built in place: a Worker is not copyable
-        for (std::size_t i = 0; i < n; ++i) {
+        workers_ = std::vector<Worker>(layout_.processes);  // built in place: a Worker is not copyable
+        for (std::size_t i = 0; i < layout_.processes; ++i) {
             auto& w = workers_[i];
             w.index = i;
-            w.control = new (segment_.data() + sizeof(PoolControl) + i * sizeof(WorkerControl)) WorkerControl;
-            w.task_data = rings + i * per_worker;
-            w.result_data = w.task_data + options_.task_ring_bytes;
+            w.control = new (layout_.worker(segment_.data(), i)) WorkerControl;
+            w.task_data = layout_.task_data(segment_.data(), i);
+            w.result_data = layout_.result_data(segment_.data(), i);
             w.tasks = Ring(&w.control->tasks, w.task_data, options_.task_ring_bytes);
             w.results = Ring(&w.control->results, w.result_data, options_.result_ring_bytes);
         }
@@ -237,12 +245,14 @@ public:
     }
 
     void close() {
+        if (state_.load(std::memory_order_relaxed) == State::running) get_logger().debug("closing pool");
         State expected = State::running;
         state_.compare_exchange_strong(expected, State::closed, std::memory_order_acq_rel);
         poke();
     }
 
     void terminate() {
+        if (state_.load(std::memory_order_relaxed) != State::terminating) get_logger().debug("terminating pool");
         state_.store(State::terminating, std::memory_order_release);
         poke();
     }
@@ -252,6 +262,7 @@ public:
     bool join(std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
         if (state_.load(std::memory_order_acquire) == State::running)
             throw ValueError("Pool.join: call close() or terminate() before join()");
+        get_logger().debug("joining pool");
         joining_.store(true, std::memory_order_release);
         poke();
         if (timeout) {
@@ -285,12 +296,11 @@ private:
         std::byte* result_data = nullptr;
         Ring tasks, results;
         pid_t pid = 0;
+        std::unique_ptr<ChildRecord> child;  // while pid > 0: waits for it and signals it
         bool retiring = false;   // said it will exit (maxtasksperchild)
         bool timed_out = false;  // killed by us for task_timeout
         std::deque<std::unique_ptr<Task>> outstanding;  // dispatch order == result order
     };
-
-    static std::size_t round_up(std::size_t n) { return (n + 4095) & ~std::size_t(4095); }
 
     std::string too_large_message(const Task& task) const {
         return "multiprocessing: a task's arguments encode to " + std::to_string(task.size) +
@@ -302,8 +312,9 @@ private:
     void check_accepting(bool internal) const {
         const State s = state_.load(std::memory_order_relaxed);
         if (s == State::terminating || (s == State::closed && !internal))
-            throw ValueError(s == State::closed ? "Pool not running: it was closed; no new tasks can be submitted"
-                                                : "Pool not running: it was terminated");
+            throw ValueError(s == State::closed        ? "Pool not running: it was closed; no new tasks can be submitted"
+                             : fatal_reason_.empty() ? "Pool not running: it was terminated"
+                                                     : "Pool not running: " + fatal_reason_);
     }
 
     // mutex_ held.
@@ -332,14 +343,70 @@ private:
         w.control->task_started_ns.store(0, std::memory_order_relaxed);
         w.tasks = Ring(&w.control->tasks, w.task_data, options_.task_ring_bytes);
         w.results = Ring(&w.control->results, w.result_data, options_.result_ring_bytes);
+        w.control->started.store(0, std::memory_order_relaxed);
         w.retiring = w.timed_out = false;
         ForkOptions fo;
-        fo.name = "ForkPoolWorker-" + std::to_string(++workers_started_);
+        const char* kind = options_.start_method == StartMethod::fork    ? "ForkPoolWorker-"
+                           : options_.start_method == StartMethod::spawn ? "SpawnPoolWorker-"
+                                                                         : "ForkServerPoolWorker-";
+        fo.name = kind + std::to_string(++workers_started_);
         fo.daemon = true;
         fo.identity = {static_cast<int>(workers_started_)};
         fo.die_with_parent = true;
-        WorkerEnv env{control_, w.control, w.tasks, w.results, options_.maxtasksperchild, &options_.initializer};
-        w.pid = fork_child(std::move(fo), [env] { return worker_main(env); });
+        if (options_.start_method == StartMethod::fork) {
+            WorkerEnv env{control_, w.control, w.tasks, w.results, options_.maxtasksperchild, &options_.initializer};
+            w.pid = fork_child(fo, [env] { return worker_main(env); });
+            w.child = std::make_unique<ChildRecord>(w.pid, fo.name, true);
+            get_logger().debug("added worker {} (pid {})", fo.name, w.pid);
+            return;
+        }
+        const auto payload = encode_values(layout_.processes, layout_.task_ring_bytes, layout_.result_ring_bytes,
+                                           w.index, options_.maxtasksperchild, options_.portable_initializer.runner,
+                                           options_.portable_initializer.payload);
+        const int fds[] = {segment_.fd()};
+        const auto entry = address_of_code(&spawned_worker_main);
+        if (options_.start_method == StartMethod::spawn) {
+            w.pid = spawn_child(fo, entry, payload, fds);
+            w.child = std::make_unique<ChildRecord>(w.pid, fo.name, true);
+        } else {
+            auto served = ForkServerClient::instance().start_child(fo, entry, payload, fds);
+            w.pid = served.pid;
+            w.child = std::make_unique<ChildRecord>(w.pid, fo.name, true, served.status.release());
+        }
+        get_logger().debug("added worker {} (pid {})", fo.name, w.pid);
+    }
+
+    // A spawned worker's entry (see spawn_child): maps the pool's segment, its fd 4, and
+    // runs the same loop as a fork worker.
+    static int spawned_worker_main(ByteReader& in) {
+        PoolLayout layout;
+        layout.processes = get<std::size_t>(in);
+        layout.task_ring_bytes = get<std::uint32_t>(in);
+        layout.result_ring_bytes = get<std::uint32_t>(in);
+        const auto index = get<std::size_t>(in);
+        const auto maxtasks = get<std::size_t>(in);
+        PortableCall init;
+        init.runner = get<code_address>(in);
+        init.payload = get<std::vector<std::byte>>(in);
+        auto segment = SharedSegment::adopt(first_passed_fd);
+        segment.close_fd();
+        if (segment.size() < layout.total() || index >= layout.processes)
+            throw ProcessError("multiprocessing: a spawned pool worker was given a segment that does not fit its pool");
+        std::byte* base = segment.data();
+        WorkerControl* control = layout.worker(base, index);
+        std::function<void()> initializer;
+        if (init)
+            initializer = [&init] {
+                ByteReader args(init.payload);
+                code_at<void(ByteReader&)>(init.runner)(args);
+            };
+        WorkerEnv env{layout.pool(base),
+                      control,
+                      Ring(&control->tasks, layout.task_data(base, index), layout.task_ring_bytes),
+                      Ring(&control->results, layout.result_data(base, index), layout.result_ring_bytes),
+                      maxtasks,
+                      &initializer};
+        return worker_main(env);
     }
 
     bool dispatch(Task& task, Worker& w) {
@@ -488,20 +555,44 @@ private:
                 const auto started = w.control->task_started_ns.load(std::memory_order_relaxed);
                 if (started && now - started > options_.task_timeout->count() && !w.timed_out) {
                     w.timed_out = true;
-                    ::kill(w.pid, SIGKILL);
+                    w.child->signal(SIGKILL);
                 }
             }
-            int status = 0;
-            pid_t r = ::waitpid(w.pid, &status, w.retiring ? 0 : WNOHANG);
-            if (r == w.pid || (r < 0 && errno == ECHILD)) worker_exited(w, status);
+            if (auto status = w.child->poll_status(/*block=*/w.retiring)) worker_exited(w, *status);
         }
     }
 
     void worker_exited(Worker& w, int status) {
         drain(w);  // what it finished before dying still counts
+        // acquire: pairs with worker_main's release store of `started`.
+        const bool started = w.control->started.load(std::memory_order_acquire);
+        const bool killed = WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+        if (started || killed || options_.start_method == StartMethod::fork) {
+            unstarted_exits_ = 0;
+        } else if (++unstarted_exits_ >= 3) {
+            // A spawned worker that keeps exiting before its loop ran will never run one
+            // (main() without freeze_support(), say): give up instead of respawning forever.
+            std::string reason =
+                "multiprocessing: the pool's spawned workers exit before they start (the last one " +
+                describe_exit(status) + "). Does main() call mp::freeze_support() as its first line?";
+            {
+                std::lock_guard lock(mutex_);
+                w.pid = 0;
+                w.child.reset();
+                fatal_reason_ = reason;
+            }
+            throw ProcessError(reason);
+        }
         std::vector<std::unique_ptr<Task>> lost;
         const pid_t pid = w.pid;
         const bool timed_out = w.timed_out;
+        // Retiring after maxtasksperchild is routine (Python's "cleaning up worker"); any other exit is not.
+        if (const int level = w.retiring && WIFEXITED(status) && !WEXITSTATUS(status) ? logging::DEBUG : logging::WARNING;
+            get_logger().is_enabled_for(level))
+            get_logger().log(level, "pool worker (pid {}) {}{}{}", pid, describe_exit(status),
+                             timed_out ? " after running past the pool's task_timeout"
+                             : w.retiring ? " after its maxtasksperchild tasks" : "",
+                             state_.load(std::memory_order_acquire) != State::terminating ? "; replacing it" : "");
         {
             std::lock_guard lock(mutex_);
             for (auto it = w.outstanding.rbegin(); it != w.outstanding.rend(); ++it) {
@@ -516,9 +607,14 @@ private:
             }
             w.outstanding.clear();
             w.pid = 0;
+            w.child.reset();
             if (state_.load(std::memory_order_acquire) != State::terminating) spawn(w);
             pump();
         }
+        // INFO: the caller gets this failure from get(), and the death itself was logged as a WARNING.
+        if (!lost.empty())
+            get_logger().info("task failed with {}: its worker (pid {}) {}", timed_out ? "TimeoutError" : "WorkerLostError",
+                              pid, timed_out ? "ran past the pool's task_timeout and was killed" : "died while running it");
         for (auto& t : lost) {
             if (timed_out)
                 t->fail(std::make_exception_ptr(TimeoutError(
@@ -591,11 +687,10 @@ private:
     void reap_all() {
         for (auto& w : workers_) {
             if (w.pid <= 0) continue;
-            int status;
-            while (::waitpid(w.pid, &status, 0) < 0 && errno == EINTR) {
-            }
+            w.child->poll_status(/*block=*/true);
             std::lock_guard lock(mutex_);  // worker_pids() reads it from other threads
             w.pid = 0;
+            w.child.reset();
         }
     }
 
@@ -614,7 +709,7 @@ private:
     // finish with `error`.
     void shut_down_now(std::exception_ptr error) {
         for (auto& w : workers_)
-            if (w.pid > 0) ::kill(w.pid, SIGKILL);
+            if (w.pid > 0) w.child->signal(SIGKILL);
         reap_all();
         std::vector<std::unique_ptr<Task>> unfinished;
         std::vector<std::shared_ptr<TaskSource>> sources;
@@ -636,6 +731,7 @@ private:
     }
 
     CoreOptions options_;
+    PoolLayout layout_;
     std::size_t max_task_size_ = 0;  // fixed at construction: read without the lock
     SharedSegment segment_;
     PoolControl* control_ = nullptr;
@@ -646,6 +742,8 @@ private:
     std::vector<std::weak_ptr<TaskSource>> sources_;
     std::uint64_t next_seq_ = 0;
     std::size_t workers_started_ = 0;
+    std::size_t unstarted_exits_ = 0;  // spawned workers in a row that exited before starting
+    std::string fatal_reason_;         // why the pool shut itself down, if it did
 
     std::atomic<State> state_{State::running};
     std::atomic<bool> joining_{false};

@@ -43,67 +43,103 @@ namespace multiprocessing::detail {
 
 inline int pidfd_open(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 
-// One started child: its pid, and its exit status once reaped. Shared by the Process
+// One started child: its pid, and its exit status once known. Shared by the Process
 // handle that started it and the registry of children, so either may reap it.
+//
+// A child of this process is reaped with waitpid. A child the fork server made for us
+// is the server's child, which reaps it and writes its wait status (an int) to a pipe
+// whose read end is `status_fd`; it is still ours to signal and to poll with a pidfd.
 class ChildRecord {
 public:
-    ChildRecord(pid_t pid, std::string name, bool daemon)
-        : pid_(pid), pidfd_(pidfd_open(pid)), info_(std::move(name), pid, daemon) {}
+    ChildRecord(pid_t pid, std::string name, bool daemon, int status_fd = -1)
+        : pid_(pid), pidfd_(pidfd_open(pid)), status_fd_(status_fd), info_(std::move(name), pid, daemon) {}
     ChildRecord(const ChildRecord&) = delete;
     ChildRecord& operator=(const ChildRecord&) = delete;
     ~ChildRecord() {
         if (pidfd_ >= 0) ::close(pidfd_);
+        if (status_fd_ >= 0) ::close(status_fd_);
     }
 
     pid_t pid() const noexcept { return pid_; }
     int pidfd() const noexcept { return pidfd_; }
     const ProcessInfo& info() const noexcept { return info_; }
 
-    // The exit code in Python's convention (-N for signal N), reaping if it has exited.
-    std::optional<int> poll_exitcode(bool block = false) {
+    // The raw wait status once it has exited (reaping it), else empty.
+    std::optional<int> poll_status(bool block = false) {
         std::lock_guard lock(mutex_);
-        if (exitcode_) return exitcode_;
+        if (status_) return status_;
+        if (status_fd_ >= 0) return read_reported_status(block);
         int status = 0;
         pid_t r;
         do {
             r = ::waitpid(pid_, &status, block ? 0 : WNOHANG);
         } while (r < 0 && errno == EINTR);
         if (r == pid_) {
-            exitcode_ = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+            status_ = status;
         } else if (r < 0 && errno == ECHILD) {
             // Reaped elsewhere (someone called waitpid(-1)): the status is lost.
-            exitcode_ = 255;
+            status_ = lost_status;
         }
-        return exitcode_;
+        return status_;
+    }
+
+    // The exit code in Python's convention (-N for signal N), reaping if it has exited.
+    std::optional<int> poll_exitcode(bool block = false) {
+        const auto status = poll_status(block);
+        if (!status) return std::nullopt;
+        return WIFSIGNALED(*status) ? -WTERMSIG(*status) : WEXITSTATUS(*status);
     }
 
     // Waits for the exit, at most `timeout` seconds (none: forever). True if it exited.
     bool wait(std::optional<double> timeout) {
-        if (poll_exitcode()) return true;
-        if (!timeout) return poll_exitcode(/*block=*/true).has_value();
-        if (pidfd_ >= 0) {
-            pollfd p{pidfd_, POLLIN, 0};
+        if (poll_status()) return true;
+        if (!timeout) return poll_status(/*block=*/true).has_value();
+        const int fd = status_fd_ >= 0 ? status_fd_ : pidfd_;
+        if (fd >= 0) {
+            pollfd p{fd, POLLIN, 0};
             int ms = static_cast<int>(std::max(0.0, *timeout) * 1000.0 + 0.999);
             int r;
             do {
                 r = ::poll(&p, 1, ms);
             } while (r < 0 && errno == EINTR);
         }
-        return poll_exitcode().has_value();
+        return poll_status().has_value();
     }
 
     void signal(int sig) {
         std::lock_guard lock(mutex_);
         // Only signal a pid we have not reaped: after reaping, the number may be reused.
-        if (!exitcode_) ::kill(pid_, sig);
+        if (!status_) ::kill(pid_, sig);
     }
 
 private:
+    // As if it exited with 255: what is reported when the real status cannot be known.
+    static constexpr int lost_status = 255 << 8;
+
+    // mutex_ held.
+    std::optional<int> read_reported_status(bool block) {
+        pollfd p{status_fd_, POLLIN, 0};
+        int r;
+        do {
+            r = ::poll(&p, 1, block ? -1 : 0);
+        } while (r < 0 && errno == EINTR);
+        if (r <= 0) return std::nullopt;
+        int status = 0;
+        ssize_t n;
+        do {
+            n = ::read(status_fd_, &status, sizeof status);
+        } while (n < 0 && errno == EINTR);
+        // A short read or EOF: the server died before it could report.
+        status_ = n == static_cast<ssize_t>(sizeof status) ? status : lost_status;
+        return status_;
+    }
+
     pid_t pid_;
     int pidfd_;
+    int status_fd_;
     ProcessInfo info_;
     std::mutex mutex_;
-    std::optional<int> exitcode_;
+    std::optional<int> status_;  // the raw wait status
 };
 
 struct ProcessState {

@@ -11,6 +11,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace multiprocessing::detail {
@@ -18,6 +19,28 @@ namespace multiprocessing::detail {
 [[noreturn]] inline void throw_errno(const std::string& what) {
     throw std::system_error(errno, std::generic_category(), what);
 }
+
+// Owns an fd for as long as one piece of code needs it.
+class UniqueFd {
+public:
+    UniqueFd() = default;
+    explicit UniqueFd(int fd) noexcept : fd_(fd) {}
+    UniqueFd(UniqueFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    UniqueFd& operator=(UniqueFd&& o) noexcept {
+        std::swap(fd_, o.fd_);
+        return *this;
+    }
+    UniqueFd(const UniqueFd&) = delete;
+    UniqueFd& operator=(const UniqueFd&) = delete;
+    ~UniqueFd() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    int get() const noexcept { return fd_; }
+    int release() noexcept { return std::exchange(fd_, -1); }
+
+private:
+    int fd_ = -1;
+};
 
 // Owns one mapping of an anonymous shared segment (and, while kept, its fd). Pages
 // are only committed when first touched, so a large segment costs address space, not
@@ -32,6 +55,20 @@ public:
         if (s.fd_ < 0) throw_errno("memfd_create");
         if (::ftruncate(s.fd_, static_cast<off_t>(size)) != 0) throw_errno("ftruncate(shared segment)");
         s.map(size);
+        return s;
+    }
+
+    // Maps the whole segment behind `fd` (one a spawned child was given) and owns the fd.
+    static SharedSegment adopt(int fd) {
+        SharedSegment s;
+        s.fd_ = fd;
+        struct stat st;
+        if (::fstat(fd, &st) != 0) {
+            ::close(fd);
+            s.fd_ = -1;
+            throw_errno("fstat(shared segment)");
+        }
+        s.map(static_cast<std::size_t>(st.st_size));
         return s;
     }
 

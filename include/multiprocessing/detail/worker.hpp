@@ -20,6 +20,7 @@
 #include "codec.hpp"
 #include "remote_exception.hpp"
 #include "ring.hpp"
+#include "../util.hpp"
 
 namespace multiprocessing::detail {
 
@@ -75,6 +76,35 @@ struct WorkerControl {
     // CLOCK_MONOTONIC nanoseconds when the running task started (0: none), for
     // task_timeout; the parent only reads it.
     alignas(cache_line) std::atomic<std::int64_t> task_started_ns{0};
+    // Set by the worker once it runs (a spawned one: once it has taken over in
+    // freeze_support()), so the parent can tell a worker that never started.
+    std::atomic<std::uint32_t> started{0};
+};
+
+// Where everything is in a pool's shared segment; the parent and a spawned worker
+// compute it from the same three numbers.
+struct PoolLayout {
+    std::size_t processes = 1;
+    std::uint32_t task_ring_bytes = 0;
+    std::uint32_t result_ring_bytes = 0;
+
+    static std::size_t round_up(std::size_t n) noexcept { return (n + 4095) & ~std::size_t(4095); }
+    std::size_t control_bytes() const noexcept {
+        return round_up(sizeof(PoolControl) + processes * sizeof(WorkerControl));
+    }
+    std::size_t per_worker() const noexcept { return std::size_t(task_ring_bytes) + result_ring_bytes; }
+    std::size_t total() const noexcept { return control_bytes() + processes * per_worker(); }
+
+    PoolControl* pool(std::byte* base) const noexcept { return reinterpret_cast<PoolControl*>(base); }
+    WorkerControl* worker(std::byte* base, std::size_t i) const noexcept {
+        return reinterpret_cast<WorkerControl*>(base + sizeof(PoolControl) + i * sizeof(WorkerControl));
+    }
+    std::byte* task_data(std::byte* base, std::size_t i) const noexcept {
+        return base + control_bytes() + i * per_worker();
+    }
+    std::byte* result_data(std::byte* base, std::size_t i) const noexcept {
+        return task_data(base, i) + task_ring_bytes;
+    }
 };
 
 inline std::int64_t monotonic_ns() noexcept {
@@ -285,13 +315,20 @@ struct WorkerEnv {
 
 // Runs in the worker process; returns its exit code.
 inline int worker_main(WorkerEnv env) {
+    // release: pairs with the parent's acquire when this worker exits.
+    env.control->started.store(1, std::memory_order_release);
     if (env.initializer && *env.initializer) {
         try {
             (*env.initializer)();
         } catch (...) {
             auto info = describe_current_exception();
-            std::fprintf(stderr, "multiprocessing: the pool's initializer failed in worker %d: %s: %s\n",
-                         static_cast<int>(::getpid()), info.type.c_str(), info.what.c_str());
+            // Once logging is on, the logger says it (with the worker's name); else stderr.
+            if (get_logger().is_enabled_for(logging::ERROR))
+                get_logger().error("the pool's initializer failed in worker {}: {}: {}", ::getpid(), info.type,
+                                   info.what);
+            else
+                std::fprintf(stderr, "multiprocessing: the pool's initializer failed in worker %d: %s: %s\n",
+                             static_cast<int>(::getpid()), info.type.c_str(), info.what.c_str());
             return 1;
         }
     }
@@ -305,6 +342,7 @@ inline int worker_main(WorkerEnv env) {
         }
         if (record->kind == stop_record) {
             env.tasks.release();
+            get_logger().info("worker exiting after {} tasks", done);
             return 0;
         }
         auto* header = reinterpret_cast<TaskHeader*>(record->payload.data());
@@ -328,10 +366,12 @@ inline int worker_main(WorkerEnv env) {
         }
         env.control->task_started_ns.store(0, std::memory_order_relaxed);
         env.tasks.release();
-        if (env.maxtasks && ++done >= env.maxtasks) {
+        ++done;
+        if (env.maxtasks && done >= env.maxtasks) {
             // Tell the parent before exiting, so it replaces us without waiting to notice.
             out.reserve(0, ResultFormat::value, 0, 0);
             out.commit(retiring_record);
+            get_logger().info("worker exiting after {} tasks", done);
             return 0;
         }
     }

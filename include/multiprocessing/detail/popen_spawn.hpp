@@ -1,0 +1,238 @@
+// The spawn start method: the child is a fresh posix_spawn of the running executable
+// (/proc/self/exe), which takes over in mp::freeze_support() and runs one entry point.
+//
+// What the child is to do travels in a "bootstrap" memfd, its fd 3: the entry point (a
+// code_address, valid under ASLR), who its parent is, its name, and the entry's own
+// payload. Other fds the entry needs (a pool's shared segment) are its fds 4, 5, ...;
+// every other fd of the parent is closed in the child, as Python's spawn does. A memfd
+// rather than a pipe: the parent writes it whole before the child exists, so it never
+// blocks on a child that is slow to start and never gets SIGPIPE from one that died.
+#pragma once
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "callable.hpp"
+#include "codec.hpp"
+#include "popen_fork.hpp"
+#include "process_state.hpp"
+#include "remote_exception.hpp"
+#include "shm.hpp"
+
+extern char** environ;
+
+namespace multiprocessing::detail {
+
+// Set in a spawned child's environment (and removed once it has taken over).
+inline constexpr const char* spawned_env = "MULTIPROCESSING_SPAWNED";
+inline constexpr int bootstrap_fd = 3;
+inline constexpr int first_passed_fd = 4;
+
+enum class StartMethod { fork, spawn, forkserver };
+
+inline StartMethod parse_start_method(const std::string& name) {
+    if (name == "fork") return StartMethod::fork;
+    if (name == "spawn") return StartMethod::spawn;
+    if (name == "forkserver") return StartMethod::forkserver;
+    throw ValueError("cannot find context for '" + name + "'; available: fork, spawn, forkserver");
+}
+
+inline std::string start_method_name(StartMethod m) {
+    switch (m) {
+        case StartMethod::fork: return "fork";
+        case StartMethod::spawn: return "spawn";
+        case StartMethod::forkserver: return "forkserver";
+    }
+    return "?";
+}
+
+// What a spawned child runs once it has taken over: reads its payload from `in`; the
+// fds it was given are first_passed_fd, first_passed_fd + 1, ...; returns the exit code.
+using SpawnEntry = int(ByteReader& in);
+
+// True in a process that was spawned by this library and has not yet taken over in
+// freeze_support(): main() is running without having called it first.
+// (take_over_if_spawned() removes the variable.)
+inline bool spawned_without_takeover() noexcept { return std::getenv(spawned_env) != nullptr; }
+
+inline void require_takeover(const char* what) {
+    if (spawned_without_takeover())
+        throw ProcessError(std::string(what) +
+                           ": this process was started by the spawn or forkserver start method, but main() did "
+                           "not call mp::freeze_support() before anything else; add it as main's first line");
+}
+
+// The argv[0] the parent was started with, so a spawned child reads the same in `ps`.
+inline std::string own_argv0() {
+    std::FILE* f = std::fopen("/proc/self/cmdline", "re");
+    std::string arg;
+    if (f) {
+        for (int c; (c = std::fgetc(f)) != EOF && c != '\0';) arg.push_back(static_cast<char>(c));
+        std::fclose(f);
+    }
+    return arg.empty() ? std::string("multiprocessing-spawned") : arg;
+}
+
+// The bootstrap of a child that is to run `entry` with `payload`: a memfd holding both,
+// and who the child is, read back by run_bootstrap().
+inline UniqueFd write_bootstrap(const ForkOptions& options, code_address entry, std::span<const std::byte> payload) {
+    const auto& self = process_state().current;
+    const auto header = encode_with([&](ByteWriter& w) {
+        put(w, entry);
+        put(w, self.name());
+        put(w, static_cast<std::int32_t>(::getpid()));
+        put(w, options.name);
+        put(w, options.daemon);
+        put(w, options.identity);
+        put(w, options.die_with_parent);
+    });
+    UniqueFd boot(::memfd_create("multiprocessing-bootstrap", MFD_CLOEXEC));
+    if (boot.get() < 0) throw_errno("memfd_create(bootstrap)");
+    for (auto part : {std::span<const std::byte>(header), payload}) {
+        for (std::size_t done = 0; done < part.size();) {
+            const ssize_t n = ::write(boot.get(), part.data() + done, part.size() - done);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) throw_errno("write(bootstrap)");
+            done += static_cast<std::size_t>(n);
+        }
+    }
+    return boot;
+}
+
+// Starts a fresh copy of this program that runs `entry` with `payload` and the given
+// fds; returns its pid.
+inline pid_t spawn_child(const ForkOptions& options, code_address entry, std::span<const std::byte> payload,
+                         std::span<const int> fds = {}) {
+    UniqueFd boot = write_bootstrap(options, entry, payload);
+
+    // dup2 file actions run in order, so a source numbered like an earlier target would
+    // be overwritten: every source first moves above all targets.
+    const int lowest_free = first_passed_fd + static_cast<int>(fds.size()) + 1;
+    std::vector<UniqueFd> sources;
+    sources.reserve(fds.size() + 1);
+    for (int fd : [&] {
+             std::vector<int> all{boot.get()};
+             all.insert(all.end(), fds.begin(), fds.end());
+             return all;
+         }()) {
+        const int moved = ::fcntl(fd, F_DUPFD_CLOEXEC, lowest_free);
+        if (moved < 0) throw_errno("fcntl(F_DUPFD_CLOEXEC)");
+        sources.emplace_back(moved);
+    }
+    posix_spawn_file_actions_t actions;
+    ::posix_spawn_file_actions_init(&actions);
+    struct ActionsGuard {
+        posix_spawn_file_actions_t* a;
+        ~ActionsGuard() { ::posix_spawn_file_actions_destroy(a); }
+    } guard{&actions};
+    ::posix_spawn_file_actions_adddup2(&actions, sources[0].get(), bootstrap_fd);
+    for (std::size_t i = 1; i < sources.size(); ++i)
+        ::posix_spawn_file_actions_adddup2(&actions, sources[i].get(), first_passed_fd + static_cast<int>(i) - 1);
+    ::posix_spawn_file_actions_addclosefrom_np(&actions, first_passed_fd + static_cast<int>(fds.size()));
+
+    // The child starts with default signal dispositions and an empty mask, whatever the
+    // spawning thread had (a pool's result thread blocks nothing, a user's thread might).
+    posix_spawnattr_t attr;
+    ::posix_spawnattr_init(&attr);
+    struct AttrGuard {
+        posix_spawnattr_t* a;
+        ~AttrGuard() { ::posix_spawnattr_destroy(a); }
+    } attr_guard{&attr};
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    ::posix_spawnattr_setsigmask(&attr, &none);
+    ::posix_spawnattr_setsigdefault(&attr, &all);
+    ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+
+    const std::string prefix = std::string(spawned_env) + "=";
+    std::string marker = prefix + "1";
+    std::vector<char*> env;
+    for (char** e = environ; e && *e; ++e)
+        if (!std::string_view(*e).starts_with(prefix)) env.push_back(*e);
+    env.push_back(marker.data());
+    env.push_back(nullptr);
+    std::string argv0 = own_argv0();
+    char* argv[] = {argv0.data(), nullptr};
+
+    flush_standard_streams();
+    pid_t pid = 0;
+    const int rc = ::posix_spawn(&pid, "/proc/self/exe", &actions, &attr, argv, env.data());
+    if (rc != 0) {
+        errno = rc;
+        throw_errno("posix_spawn(/proc/self/exe)");
+    }
+    return pid;
+}
+
+// In a child made by spawn_child() or by the fork server, with its bootstrap at fd 3:
+// becomes the child it describes, runs its entry and exits. `real_parent` is the process
+// that actually made this one, when it is not the one that asked for it (the fork
+// server's children).
+[[noreturn]] inline void run_bootstrap(std::optional<pid_t> real_parent = std::nullopt) {
+    struct stat st;
+    if (::fstat(bootstrap_fd, &st) != 0) {
+        std::fprintf(stderr, "multiprocessing: a spawned child has no bootstrap fd; exiting\n");
+        ::_exit(1);
+    }
+    std::vector<std::byte> boot(static_cast<std::size_t>(st.st_size));
+    for (std::size_t done = 0; done < boot.size();) {
+        const ssize_t n = ::pread(bootstrap_fd, boot.data() + done, boot.size() - done, static_cast<off_t>(done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) ::_exit(1);
+        done += static_cast<std::size_t>(n);
+    }
+    ::close(bootstrap_fd);
+    int code = 1;
+    try {
+        ByteReader in(boot);
+        const auto entry = get<code_address>(in);
+        auto parent_name = get<std::string>(in);
+        const auto parent_pid = get<std::int32_t>(in);
+        auto name = get<std::string>(in);
+        const bool daemon = get<bool>(in);
+        auto identity = get<std::vector<int>>(in);
+        const bool die_with_parent = get<bool>(in);
+        if (die_with_parent) {
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (::getppid() != real_parent.value_or(parent_pid)) ::_exit(1);  // the parent died before the line above
+        }
+        become_child(std::move(name), daemon, std::move(identity));
+        {
+            auto& state = process_state();
+            std::lock_guard lock(state.mutex);
+            state.parent = ProcessInfo(std::move(parent_name), parent_pid, false);
+        }
+        code = code_at<SpawnEntry>(entry)(in);
+    } catch (...) {
+        const auto info = describe_current_exception();
+        std::fprintf(stderr, "multiprocessing: a spawned child could not start: %s: %s\n", info.type.c_str(),
+                     info.what.c_str());
+        code = 1;
+    }
+    exit_child(code);
+}
+
+// In a child made by spawn_child(), from freeze_support(). Returns at once in any other
+// process.
+inline void take_over_if_spawned() {
+    if (!std::getenv(spawned_env)) return;
+    ::unsetenv(spawned_env);  // this process's own children are not spawned children
+    run_bootstrap();
+}
+
+}  // namespace multiprocessing::detail

@@ -1,0 +1,291 @@
+// Start methods and contexts: what differs between fork, spawn and forkserver, and what
+// must not. (The Pool tests also run whole under each method: tests/CMakeLists.txt.)
+//
+// Behaviours from CPython's _TestStartMethod / TestStartMethod (Lib/test/
+// _test_multiprocessing.py): set_start_method once, force to change, get_context
+// validation, spawned children being fresh programs; plus API.md's: functions travel as
+// image offsets (so a function in a shared library works too), a killed parent leaves
+// no worker, a main() without freeze_support() fails with a clear error, not a loop.
+#include <catch2/catch.hpp>
+#include <multiprocessing.hpp>
+
+#include "support.hpp"
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <signal.h>
+#include <unistd.h>
+
+namespace mp = multiprocessing;
+using namespace std::chrono_literals;
+using mp_test::Pipe;
+using mp_test::get_int;
+using mp_test::put_int;
+using mp_test::wait_gone;
+
+namespace {
+
+// Set by the parent after the program started: a fork child sees it, a spawned child
+// (a fresh run of the program) and a fork-server child (forked from a fresh run) do not.
+int g_set_after_start = 0;
+
+int read_global() { return g_set_after_start; }
+int square(int x) { return x * x; }
+std::string worker_name() { return mp::current_process().name(); }
+int worker_parent_pid() { return mp::parent_process() ? mp::parent_process()->pid() : -1; }
+int worker_pid() { return static_cast<int>(::getpid()); }
+void sleep_ms(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+std::string join_words(std::vector<std::string> words, std::string sep) {
+    std::string out;
+    for (auto& w : words) out += (out.empty() ? "" : sep) + w;
+    return out;
+}
+
+void exit_with(int code) { std::exit(code); }
+void check_args_arrive(std::string s, std::vector<int> v, double d) {
+    CHILD_REQUIRE(s == "héllo" && v == std::vector<int>({1, 2, 3}) && d == 2.5);
+    CHILD_REQUIRE(mp::parent_process().has_value());
+    CHILD_REQUIRE(g_set_after_start == 0);
+}
+void throw_runtime_error() { throw std::runtime_error("from the child"); }
+
+struct Subclass : mp::Process {
+    void run() override {}
+};
+
+const char* const non_fork_methods[] = {"spawn", "forkserver"};
+
+}  // namespace
+
+TEST_CASE("get_all_start_methods lists fork (the default), spawn and forkserver", "[context]") {
+    CHECK(mp::get_all_start_methods() == std::vector<std::string>{"fork", "spawn", "forkserver"});
+    for (const auto& m : mp::get_all_start_methods()) CHECK(mp::get_context(m).get_start_method() == m);
+    try {
+        (void)mp::get_context("vfork");
+        FAIL("get_context accepted an unknown method");
+    } catch (const mp::ValueError& e) {
+        CHECK_THAT(e.what(), Catch::Contains("vfork") && Catch::Contains("fork, spawn, forkserver"));
+    }
+    CHECK_THROWS_AS(mp::set_start_method("vfork", true), mp::ValueError);
+}
+
+TEST_CASE("set_start_method: once, and again only with force (else ProcessError)", "[context]") {
+    const std::string before = mp::get_start_method();  // the test parameter, or fork
+    CHECK_THROWS_AS(mp::set_start_method("spawn"), mp::ProcessError);
+    mp::set_start_method("forkserver", /*force=*/true);
+    CHECK(mp::get_start_method() == "forkserver");
+    mp::set_start_method(before, /*force=*/true);
+    CHECK(mp::get_start_method() == before);
+}
+
+TEST_CASE("Pool workers: forks of the parent under fork, fresh programs otherwise", "[context][pool]") {
+    g_set_after_start = 7;
+    {
+        mp::Pool pool({.processes = 1, .context = mp::get_context("fork")});
+        CHECK(pool.apply(read_global) == 7);
+        CHECK(pool.apply(worker_name).rfind("ForkPoolWorker-", 0) == 0);
+    }
+    const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
+    CAPTURE(method);
+    mp::Pool pool({.processes = 2, .context = mp::get_context(method)});
+    CHECK(pool.apply(read_global) == 0);
+    CHECK(pool.apply(worker_name).rfind(method == "spawn" ? "SpawnPoolWorker-" : "ForkServerPoolWorker-", 0) == 0);
+    // The worker's parent is this process, even when the fork server forked it.
+    CHECK(pool.apply(worker_parent_pid) == static_cast<int>(::getpid()));
+    std::vector<int> in(1000);
+    for (int i = 0; i < 1000; ++i) in[i] = i;
+    const auto out = pool.map(square, in, {.chunksize = 7});
+    REQUIRE(out.size() == 1000);
+    for (int i = 0; i < 1000; ++i) REQUIRE(out[i] == i * i);
+    CHECK(pool.apply(join_words, std::vector<std::string>{"a", "b", "c"}, std::string("-")) == "a-b-c");
+    // A lambda with a trivially copyable capture carries its capture along.
+    const int offset = 5;
+    CHECK(pool.apply([offset](int x) { return x + offset; }, 10) == 15);
+    g_set_after_start = 0;
+}
+
+TEST_CASE("A function from a shared library travels too (its offset in libc, not in the program)",
+          "[context][pool]") {
+    const std::string method = GENERATE(values<std::string>({"fork", "spawn", "forkserver"}));
+    CAPTURE(method);
+    mp::Pool pool({.processes = 1, .context = mp::get_context(method)});
+    int (*libc_abs)(int) = &::abs;
+    CHECK(pool.apply(libc_abs, -42) == 42);
+}
+
+TEST_CASE("A spawned initializer runs with its initargs, and one holding a handle is refused up front",
+          "[context][pool]") {
+    const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
+    CAPTURE(method);
+    {
+        mp::Pool pool({.processes = 2,
+                       .initializer = {[](int v) { g_set_after_start = v; }, 31},
+                       .context = mp::get_context(method)});
+        std::vector<int> v(8);
+        CHECK(pool.map([](int) { return read_global(); }, v, {.chunksize = 1}) == std::vector<int>(8, 31));
+    }
+    mp::Queue<int> q;
+    try {
+        mp::Pool pool({.processes = 1,
+                       .initializer = {[](mp::Queue<int>) {}, q},
+                       .context = mp::get_context(method)});
+        FAIL("a spawned pool took an initializer with a Queue argument");
+    } catch (const mp::ValueError& e) {
+        CHECK_THAT(e.what(), Catch::Contains("initializer") && Catch::Contains("fork start method"));
+    }
+}
+
+TEST_CASE("A spawned worker killed mid-task fails its task with WorkerLostError and is replaced",
+          "[context][pool]") {
+    const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
+    CAPTURE(method);
+    mp::Pool pool({.processes = 1, .context = mp::get_context(method)});
+    const int victim = pool.apply(worker_pid);
+    auto r = pool.apply_async(sleep_ms, 30000);
+    sleep_ms(100);  // let it start
+    REQUIRE(::kill(victim, SIGKILL) == 0);
+    try {
+        r.get(20s);
+        FAIL("the task of a killed worker succeeded");
+    } catch (const mp::WorkerLostError& e) {
+        CHECK_THAT(e.what(), Catch::Contains(std::to_string(victim)) && Catch::Contains("SIGKILL"));
+    }
+    const int replacement = pool.apply(worker_pid);
+    CHECK(replacement != victim);
+    CHECK(pool.apply(square, 9) == 81);
+}
+
+TEST_CASE("Processes under spawn and forkserver: arguments, exit codes, names, kill", "[context][process]") {
+    const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
+    CAPTURE(method);
+    auto ctx = mp::get_context(method);
+
+    auto ok = ctx.Process(check_args_arrive, std::string("héllo"), std::vector<int>{1, 2, 3}, 2.5);
+    ok.start();
+    REQUIRE(ok.join(20s));
+    CHECK(ok.exitcode() == 0);
+
+    auto code = ctx.Process(exit_with, 3);
+    code.start();
+    REQUIRE(code.join(20s));
+    CHECK(code.exitcode() == 3);
+
+    auto thrower = ctx.Process(throw_runtime_error);
+    thrower.start();
+    REQUIRE(thrower.join(20s));
+    CHECK(thrower.exitcode() == 1);
+
+    auto sleeper = ctx.Process(sleep_ms, 30000);
+    sleeper.start();
+    CHECK_FALSE(sleeper.join(50ms));
+    CHECK(sleeper.is_alive());
+    sleeper.kill();
+    REQUIRE(sleeper.join(20s));
+    CHECK(sleeper.exitcode() == -SIGKILL);
+    CHECK_FALSE(sleeper.is_alive());
+}
+
+TEST_CASE("What a spawned Process cannot take is refused at start() with the reason", "[context][process]") {
+    const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
+    CAPTURE(method);
+    mp::set_start_method(method, /*force=*/true);
+    struct Restore {
+        ~Restore() {
+            const char* m = std::getenv("MP_TEST_START_METHOD");
+            mp::set_start_method(m && *m ? m : "fork", true);
+        }
+    } restore;
+    Subclass sub;
+    try {
+        sub.start();
+        FAIL("a Process subclass started under " + method);
+    } catch (const mp::ValueError& e) {
+        CHECK_THAT(e.what(), Catch::Contains("overrides run()") && Catch::Contains(method));
+    }
+    mp::Queue<int> q;
+    mp::Process with_handle([](mp::Queue<int> qq) { qq.put(1); }, q);
+    CHECK_THROWS_AS(with_handle.start(), mp::ValueError);
+}
+
+TEST_CASE("A parent with 4 threads hammering malloc and a mutex creates and uses 50 pools in a row",
+          "[context][pool]") {
+    const std::string method = GENERATE(values<std::string>({"fork", "forkserver"}));
+    CAPTURE(method);
+    std::atomic<bool> stop{false};
+    std::mutex shared;
+    std::vector<std::thread> hammers;
+    for (int t = 0; t < 4; ++t)
+        hammers.emplace_back([&] {
+            std::size_t n = 0;
+            while (!stop.load(std::memory_order_relaxed)) {
+                std::lock_guard lock(shared);
+                auto block = std::make_unique<std::vector<char>>(64 + (++n % 4096));
+                (*block)[0] = 1;
+            }
+        });
+    struct Stop {
+        std::atomic<bool>& stop;
+        std::vector<std::thread>& threads;
+        ~Stop() {
+            stop = true;
+            for (auto& t : threads) t.join();
+        }
+    } stopper{stop, hammers};
+    const std::vector<int> in{1, 2, 3, 4, 5, 6, 7, 8};
+    const std::vector<int> expected{1, 4, 9, 16, 25, 36, 49, 64};
+    for (int i = 0; i < 50; ++i) {
+        mp::Pool pool({.processes = 2, .context = mp::get_context(method)});
+        REQUIRE(pool.map(square, in, {.chunksize = 1}) == expected);
+    }
+}
+
+TEST_CASE("A SIGKILLed parent leaves no spawned or fork-server worker behind", "[context][pool]") {
+    const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
+    CAPTURE(method);
+    Pipe report;
+    // The parent that gets killed: a fork child of this test, which starts a pool, says
+    // who its workers are, and waits to be killed.
+    auto parent = mp::get_context("fork").Process(
+        [](int fd, bool forkserver) {
+            mp::Pool pool({.processes = 2, .context = mp::get_context(forkserver ? "forkserver" : "spawn")});
+            for (int i = 0; i < 8; ++i) pool.apply(square, i);  // both workers are up
+            for (pid_t pid : pool.worker_pids()) put_int(fd, pid);
+            sleep_ms(60000);
+        },
+        report.w, method == "forkserver");
+    parent.start();
+    mp_test::Reaper reaper{parent};
+    std::vector<pid_t> workers;
+    for (int i = 0; i < 2; ++i) {
+        auto pid = get_int(report.r, 30s);
+        REQUIRE(pid);
+        workers.push_back(static_cast<pid_t>(*pid));
+    }
+    parent.kill();
+    REQUIRE(parent.join(10s));
+    for (pid_t w : workers) CHECK(wait_gone(w, 10s));
+}
+
+TEST_CASE("A program whose main() lacks freeze_support() gets a clear error, not a loop of workers",
+          "[context][pool]") {
+    // tests/helpers/no_freeze_support.cpp: its spawned workers run its main() again, whose
+    // first Pool refuses to start; the pool in the real parent then gives up with a
+    // message naming freeze_support (it prints PARENT-OK when it saw that message).
+    std::FILE* out = ::popen("timeout 60 " MP_TEST_NO_FREEZE_SUPPORT " 2>&1", "r");
+    REQUIRE(out);
+    std::string text;
+    char buf[512];
+    while (std::fgets(buf, sizeof buf, out)) text += buf;
+    const int status = ::pclose(out);
+    INFO(text);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK_THAT(text, Catch::Contains("PARENT-OK"));
+}
