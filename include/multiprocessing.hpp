@@ -3,6 +3,7 @@
 
 #include "multiprocessing/connection.hpp"
 #include "multiprocessing/context.hpp"
+#include "multiprocessing/dummy.hpp"
 #include "multiprocessing/errors.hpp"
 #include "multiprocessing/managers.hpp"
 #include "multiprocessing/pool.hpp"

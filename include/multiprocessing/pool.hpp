@@ -75,6 +75,17 @@ struct PoolOptions {
     std::optional<Timeout> task_timeout = {};        // kill and replace a worker whose task runs longer
 };
 
+namespace detail {
+// multiprocessing.dummy's Pool options (Python's ThreadPool(processes, initializer,
+// initargs)): the initializer is any callable, run in each worker thread; a lambda
+// carries initargs as captures.
+struct ThreadPoolOptions {
+    std::optional<std::size_t> processes = {};         // empty: cpu_count()
+    std::function<void()> initializer = {};
+    std::optional<std::size_t> maxtasksperchild = {};  // empty: threads live as long as the pool
+};
+}  // namespace detail
+
 template <class R>
 struct ApplyOptions {
     detail::value_callback_t<R> callback = {};
@@ -129,7 +140,10 @@ public:
 protected:
     R value() const {
         if (auto e = slot_->error()) std::rethrow_exception(e);
-        if constexpr (!std::is_void_v<R>) return slot_->value();
+        if constexpr (std::is_copy_constructible_v<R>)
+            return slot_->value();
+        else if constexpr (!std::is_void_v<R>)
+            return slot_->take_value();  // a move-only result (a dummy pool's): the first get() takes it
     }
     std::shared_ptr<detail::ResultSlot<R>> slot_;
 };
@@ -271,6 +285,21 @@ struct MapJob {
         if (progress) progress->finish();
         slot->set_error(std::move(e));
     }
+
+    // A chunk of items [begin, begin + count) came back; `for_each` calls its argument
+    // with (index in chunk, value or null, error or null) for each item.
+    template <class ForEach>
+    void complete_chunk(std::size_t begin, std::size_t count, ForEach&& for_each) {
+        if (slot->done()) return;  // the map already failed
+        std::exception_ptr first_error;
+        for_each([&](std::uint32_t i, auto* value, std::exception_ptr e) {
+            if (e && !first_error) first_error = e;
+            if constexpr (!std::is_void_v<R>)
+                if (value) values[begin + i] = std::move(*value);
+        });
+        if (first_error) return fail(first_error);
+        chunk_done(count);
+    }
 };
 
 // A chunk's body: the function, the item count, then the items (as one block of bytes
@@ -319,14 +348,7 @@ public:
                 return job_->chunk_done(count_);
             }
         }
-        std::exception_ptr first_error;
-        for_each_item<R>(h, body, [&](std::uint32_t i, auto* value, std::exception_ptr e) {
-            if (e && !first_error) first_error = e;
-            if constexpr (!std::is_void_v<R>)
-                if (value) job_->values[begin_ + i] = std::move(*value);
-        });
-        if (first_error) return job_->fail(first_error);
-        job_->chunk_done(count_);
+        job_->complete_chunk(begin_, count_, [&](auto&& item) { for_each_item<R>(h, body, item); });
     }
     void fail(std::exception_ptr e) override { job_->fail(std::move(e)); }
     const void* job() const noexcept override { return job_.get(); }
@@ -440,6 +462,33 @@ public:
         arrivals_.fetch_add(1, std::memory_order_release);
     }
     void delivered() { cv_.notify_all(); }
+
+    // A chunk of `count` items from item `first` came back (result thread); `for_each`
+    // as MapJob::complete_chunk's.
+    template <class ForEach>
+    void complete_chunk(std::uint64_t first, std::size_t count, ForEach&& for_each) {
+        count_done(count);
+        for_each([&](std::uint32_t i, auto* value, std::exception_ptr e) {
+            ItemOutcome<R> o;
+            o.error = e;
+            if constexpr (!std::is_void_v<R>) {
+                if (value) o.value.emplace(std::move(*value));
+            } else {
+                if (!e) o.value.emplace();
+            }
+            deliver(first, i, std::move(o));
+        });
+        delivered();
+    }
+    void fail_chunk(std::uint64_t first, std::size_t count, std::exception_ptr e) {
+        count_done(count);
+        for (std::uint32_t i = 0; i < count; ++i) {
+            ItemOutcome<R> o;
+            o.error = e;
+            deliver(first, i, std::move(o));
+        }
+        delivered();
+    }
 
     // The next outcome, waiting at most until `deadline`.
     ItemOutcome<R> next(std::optional<std::chrono::steady_clock::time_point> deadline) {
@@ -556,28 +605,9 @@ public:
         items_ = {};  // encoded: the copy in shared memory is the one that counts now
     }
     void complete(const ResultHeader& h, ByteReader body) override {
-        job_->count_done(count_);
-        for_each_item<R>(h, body, [&](std::uint32_t i, auto* value, std::exception_ptr e) {
-            ItemOutcome<R> o;
-            o.error = e;
-            if constexpr (!std::is_void_v<R>) {
-                if (value) o.value.emplace(std::move(*value));
-            } else {
-                if (!e) o.value.emplace();
-            }
-            job_->deliver(first_, i, std::move(o));
-        });
-        job_->delivered();
+        job_->complete_chunk(first_, count_, [&](auto&& item) { for_each_item<R>(h, body, item); });
     }
-    void fail(std::exception_ptr e) override {
-        job_->count_done(count_);
-        for (std::uint32_t i = 0; i < count_; ++i) {
-            ItemOutcome<R> o;
-            o.error = e;
-            job_->deliver(first_, i, std::move(o));
-        }
-        job_->delivered();
-    }
+    void fail(std::exception_ptr e) override { job_->fail_chunk(first_, count_, std::move(e)); }
     const void* job() const noexcept override { return job_.get(); }
 
 private:
@@ -587,6 +617,245 @@ private:
     std::uint32_t count_ = 0;
     std::uint64_t first_;
     std::shared_ptr<IMapJob<R>> job_;
+};
+
+// ---- tasks for a pool of threads ---------------------------------------------------------
+//
+// multiprocessing.dummy's pool runs on the same PoolCore, rings and result thread; only
+// the transport differs. Its workers share this process's memory, so a task's ring
+// record carries just the task's address: the worker runs the task in place, which
+// keeps its outcome in itself, and commits an empty result; the result thread then
+// completes it as any other. So any callable, argument and result type works, with no
+// encoding. (The task object outlives the run: the pool drops it only after its result
+// record, or after joining the worker threads.)
+
+// `Base`: Task, or a Task with more to say (an imap chunk).
+template <class Base = Task>
+class LocalTask : public Base {
+public:
+    LocalTask() { this->size = sizeof(LocalTask*); }
+    code_address invoker() const override { return address_of_code(&invoke); }
+    void write_body(std::byte* out) override {
+        const LocalTask* self = this;
+        std::memcpy(out, &self, sizeof self);
+    }
+    // In a worker thread: runs the task, keeping its outcome; never throws.
+    virtual void run() noexcept = 0;
+
+private:
+    static void invoke(ByteReader& in, std::uint64_t seq, ResultChannel& out) {
+        LocalTask* task = nullptr;
+        in.read(&task, sizeof task);
+        task->run();
+        out.reserve(seq, ResultFormat::value, 0, 0);
+        out.commit();
+    }
+};
+
+// One item's outcome, computed in a worker thread.
+template <class R>
+using LocalOutcome = ItemOutcome<R>;
+
+template <bool Star, class Fn, class T, class R = chunk_result_t<Star, Fn, T>>
+LocalOutcome<R> run_item(Fn& fn, T item) noexcept {
+    LocalOutcome<R> o;
+    try {
+        if constexpr (std::is_void_v<R>) {
+            call_item<Star>(fn, item);
+            o.value.emplace();
+        } else {
+            o.value.emplace(call_item<Star>(fn, item));
+        }
+    } catch (...) {
+        o.error = std::current_exception();
+    }
+    return o;
+}
+
+// Feeds kept outcomes to a job's complete_chunk.
+template <class R>
+auto each_outcome(std::vector<LocalOutcome<R>>& outcomes) {
+    return [&outcomes](auto&& item) {
+        for (std::uint32_t i = 0; i < outcomes.size(); ++i) {
+            auto& o = outcomes[i];
+            if constexpr (std::is_void_v<R>)
+                item(i, static_cast<char*>(nullptr), o.error);
+            else
+                item(i, o.value ? &*o.value : nullptr, o.error);
+        }
+    };
+}
+
+template <class Fn, class... A>
+class LocalApplyTask final : public LocalTask<> {
+public:
+    using Result = apply_result_t<Fn, A...>;
+
+    LocalApplyTask(Fn fn, std::tuple<A...> args, std::shared_ptr<ResultSlot<Result>> slot)
+        : fn_(std::move(fn)), args_(std::move(args)), slot_(std::move(slot)) {}
+    void run() noexcept override {
+        try {
+            if constexpr (std::is_void_v<Result>)
+                std::apply(fn_, args_);
+            else
+                value_.emplace(std::apply(fn_, args_));
+        } catch (...) {
+            error_ = std::current_exception();
+        }
+    }
+    void complete(const ResultHeader&, ByteReader) override {
+        if (error_) return slot_->set_error(std::move(error_));
+        if constexpr (std::is_void_v<Result>)
+            slot_->set_value();
+        else
+            slot_->set_value(std::move(*value_));
+    }
+    void fail(std::exception_ptr e) override { slot_->set_error(std::move(e)); }
+
+private:
+    Fn fn_;
+    std::tuple<A...> args_;
+    std::shared_ptr<ResultSlot<Result>> slot_;
+    std::optional<std::conditional_t<std::is_void_v<Result>, char, Result>> value_;
+    std::exception_ptr error_;
+};
+
+template <bool Star, class Fn, class T, class It>
+class LocalMapChunkTask final : public LocalTask<> {
+public:
+    using R = chunk_result_t<Star, Fn, T>;
+
+    LocalMapChunkTask(const Fn& fn, It first, std::size_t begin, std::size_t count,
+                      std::shared_ptr<const void> input, std::shared_ptr<MapJob<R>> job)
+        : fn_(fn), first_(first), begin_(begin), count_(count), input_(std::move(input)), job_(std::move(job)) {}
+    void run() noexcept override {
+        outcomes_.reserve(count_);
+        auto it = first_;
+        for (std::size_t i = 0; i < count_; ++i, ++it) outcomes_.push_back(run_item<Star, Fn, T>(fn_, T(*it)));
+    }
+    void complete(const ResultHeader&, ByteReader) override {
+        job_->complete_chunk(begin_, count_, each_outcome<R>(outcomes_));
+    }
+    void fail(std::exception_ptr e) override { job_->fail(std::move(e)); }
+    const void* job() const noexcept override { return job_.get(); }
+
+private:
+    Fn fn_;
+    It first_;
+    std::size_t begin_, count_;
+    std::shared_ptr<const void> input_;
+    std::shared_ptr<MapJob<R>> job_;
+    std::vector<LocalOutcome<R>> outcomes_;
+};
+
+template <bool Star, class Fn, class T>
+class LocalIMapChunkTask final : public LocalTask<typename IMapJob<chunk_result_t<Star, Fn, T>>::Chunk> {
+public:
+    using R = chunk_result_t<Star, Fn, T>;
+
+    LocalIMapChunkTask(const Fn& fn, std::vector<T> items, std::uint64_t first, std::shared_ptr<IMapJob<R>> job)
+        : fn_(fn), items_(std::move(items)), first_(first), job_(std::move(job)) {}
+    std::size_t count() const noexcept override { return items_.size(); }
+    void run() noexcept override {
+        outcomes_.reserve(items_.size());
+        for (auto& item : items_) outcomes_.push_back(run_item<Star, Fn, T>(fn_, std::move(item)));
+    }
+    void complete(const ResultHeader&, ByteReader) override {
+        job_->complete_chunk(first_, items_.size(), each_outcome<R>(outcomes_));
+    }
+    void fail(std::exception_ptr e) override { job_->fail_chunk(first_, items_.size(), std::move(e)); }
+    const void* job() const noexcept override { return job_.get(); }
+
+private:
+    Fn fn_;
+    std::vector<T> items_;
+    std::uint64_t first_;
+    std::shared_ptr<IMapJob<R>> job_;
+    std::vector<LocalOutcome<R>> outcomes_;
+};
+
+// ---- the two transports ----------------------------------------------------------------------
+
+// Worker processes: tasks, arguments and results are encoded, so each must be able to
+// cross a process boundary (checked at compile time).
+struct ProcessTransport {
+    static constexpr bool threads = false;
+    using Options = PoolOptions;
+
+    static CoreOptions core_options(PoolOptions options) {
+        require_takeover("Pool");
+        CoreOptions core;
+        core.start_method =
+            parse_start_method(options.context ? options.context->get_start_method() : get_start_method());
+        core.processes = options.processes.value_or(cpu_count());
+        core.maxtasksperchild = options.maxtasksperchild.value_or(0);
+        core.initializer = options.initializer.function();
+        core.portable_initializer = options.initializer.portable();
+        if (options.task_timeout)
+            core.task_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(*options.task_timeout);
+        return core;
+    }
+
+    template <class Fn, class... A>
+    using Apply = ApplyTask<Fn, A...>;
+    template <bool Star, class Fn, class T, class It>
+    using MapChunk = MapChunkTask<Star, Fn, T, It>;
+    template <bool Star, class Fn, class T>
+    using IMapChunk = IMapChunkTask<Star, Fn, T>;
+
+    template <class Fn, class... A>
+    static constexpr void check_apply() {
+        require_transferable_callable<Fn>();
+        (require_transferable<A>(), ...);
+        if constexpr (!std::is_void_v<apply_result_t<Fn, A...>>) require_transferable<apply_result_t<Fn, A...>>();
+    }
+    template <bool Star, class Fn, class T>
+    static constexpr void check_map() {
+        require_transferable_callable<Fn>();
+        require_transferable<T>();
+        using R = chunk_result_t<Star, Fn, T>;
+        if constexpr (!std::is_void_v<R>) {
+            require_transferable<R>();
+            static_assert(std::is_default_constructible_v<R> || raw_bytes<R>,
+                          "Pool.map: the function's result type must be default constructible (the result list is "
+                          "allocated up front)");
+        }
+    }
+};
+
+// Threads of this process (multiprocessing.dummy): anything callable goes, as is.
+struct ThreadTransport {
+    static constexpr bool threads = true;
+    using Options = ThreadPoolOptions;
+
+    static CoreOptions core_options(ThreadPoolOptions options) {
+        CoreOptions core;
+        core.threads = true;
+        core.processes = options.processes.value_or(cpu_count());
+        core.maxtasksperchild = options.maxtasksperchild.value_or(0);
+        core.initializer = std::move(options.initializer);
+        // A record is a task's address: small rings do.
+        core.task_ring_bytes = core.result_ring_bytes = 1u << 20;
+        return core;
+    }
+
+    template <class Fn, class... A>
+    using Apply = LocalApplyTask<Fn, A...>;
+    template <bool Star, class Fn, class T, class It>
+    using MapChunk = LocalMapChunkTask<Star, Fn, T, It>;
+    template <bool Star, class Fn, class T>
+    using IMapChunk = LocalIMapChunkTask<Star, Fn, T>;
+
+    template <class Fn, class... A>
+    static constexpr void check_apply() {}
+    template <bool Star, class Fn, class T>
+    static constexpr void check_map() {
+        using R = chunk_result_t<Star, Fn, T>;
+        if constexpr (!std::is_void_v<R>)
+            static_assert(std::is_default_constructible_v<R>,
+                          "dummy::Pool.map: the function's result type must be default constructible (the result "
+                          "list is allocated up front)");
+    }
 };
 
 }  // namespace detail
@@ -660,36 +929,31 @@ private:
 
 // ---- Pool --------------------------------------------------------------------------------
 
-class Pool {
+// The pool logic, over a transport: worker processes (mp::Pool) or threads of this
+// process (mp::dummy::Pool). Everything but the transport and the executor is shared.
+template <class Transport>
+class BasicPool {
 public:
-    Pool() : Pool(PoolOptions{}) {}
-    explicit Pool(std::size_t processes) : Pool(PoolOptions{.processes = processes}) {}
-    explicit Pool(PoolOptions options) {
+    using Options = typename Transport::Options;
+
+    BasicPool() : BasicPool(Options{}) {}
+    explicit BasicPool(std::size_t processes) : BasicPool(Options{.processes = processes}) {}
+    explicit BasicPool(Options options) {
         if (options.processes && *options.processes == 0)
             throw ValueError("Pool: the number of processes must be at least 1");
         if (options.maxtasksperchild && *options.maxtasksperchild == 0)
             throw ValueError("Pool: maxtasksperchild must be a positive number or empty");
-        detail::require_takeover("Pool");
-        detail::CoreOptions core;
-        core.start_method = detail::parse_start_method(options.context ? options.context->get_start_method()
-                                                                        : get_start_method());
-        core.processes = options.processes.value_or(cpu_count());
-        core.maxtasksperchild = options.maxtasksperchild.value_or(0);
-        core.initializer = options.initializer.function();
-        core.portable_initializer = options.initializer.portable();
-        if (options.task_timeout)
-            core.task_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(*options.task_timeout);
-        core_ = std::make_shared<detail::PoolCore>(std::move(core));
+        core_ = std::make_shared<detail::PoolCore>(Transport::core_options(std::move(options)));
         core_->start();
     }
 
-    Pool(Pool&&) noexcept = default;
-    Pool& operator=(Pool&&) noexcept = default;
-    Pool(const Pool&) = delete;
-    Pool& operator=(const Pool&) = delete;
+    BasicPool(BasicPool&&) noexcept = default;
+    BasicPool& operator=(BasicPool&&) noexcept = default;
+    BasicPool(const BasicPool&) = delete;
+    BasicPool& operator=(const BasicPool&) = delete;
 
     // As Python's `with Pool() as pool:`: terminates; unfinished results then throw.
-    ~Pool() {
+    ~BasicPool() {
         if (core_) {
             core_->terminate();
             core_->join();
@@ -700,7 +964,7 @@ public:
 
     template <class F, class... Args>
     auto apply(F&& f, Args&&... args) {
-        return apply_async(std::forward<F>(f), std::forward<Args>(args)...).get();
+        return apply_async(std::forward<F>(f), std::forward<Args>(args)...).take();
     }
 
     template <class F, class... Args>
@@ -782,12 +1046,10 @@ private:
 
     template <class Fn, class... A>
     auto submit_apply(Fn fn, std::tuple<A...> args, ApplyOptions<detail::apply_result_t<Fn, A...>> options = {}) {
-        detail::require_transferable_callable<Fn>();
-        (detail::require_transferable<A>(), ...);
         static_assert(std::is_invocable_v<Fn&, A&...>, "Pool.apply: the function cannot be called with these arguments");
-        using Task = detail::ApplyTask<Fn, A...>;
+        Transport::template check_apply<Fn, A...>();
+        using Task = typename Transport::template Apply<Fn, A...>;
         using Result = typename Task::Result;
-        if constexpr (!std::is_void_v<Result>) detail::require_transferable<Result>();
         check_running("apply_async");
         auto slot = std::make_shared<detail::ResultSlot<Result>>(std::move(options.callback),
                                                                  std::move(options.error_callback));
@@ -858,7 +1120,7 @@ private:
             try {
                 for (std::size_t begin = 0; begin < n; begin += size) {
                     const std::size_t count = std::min(size, n - begin);
-                    core_->submit(std::make_unique<detail::MapChunkTask<Star, Fn, T, decltype(first)>>(
+                    core_->submit(std::make_unique<typename Transport::template MapChunk<Star, Fn, T, decltype(first)>>(
                         fn, first, begin, count, keep_alive, job));
                     std::advance(first, count);
                 }
@@ -915,7 +1177,7 @@ private:
             items.reserve(size);
             for (; items.size() < size && it != std::ranges::end(cursor->view); ++it) items.emplace_back(*it);
             if (items.empty()) return nullptr;
-            return std::make_unique<detail::IMapChunkTask<Star, Fn, T>>(fn, std::move(items), first,
+            return std::make_unique<typename Transport::template IMapChunk<Star, Fn, T>>(fn, std::move(items), first,
                                                                         j.shared_from_this());
         });
         core_->add_source(job);
@@ -925,23 +1187,18 @@ private:
 
     template <bool Star, class Fn, class T>
     static constexpr void check_map_types() {
-        detail::require_transferable_callable<Fn>();
-        detail::require_transferable<T>();
         if constexpr (Star)
             static_assert(detail::is_tuple_like<T>, "Pool.starmap: each item must be a std::tuple (or pair) of arguments");
         else
             static_assert(std::is_invocable_v<Fn&, T&>, "Pool.map: the function cannot be called with an item of the range");
-        using R = detail::chunk_result_t<Star, Fn, T>;
-        if constexpr (!std::is_void_v<R>) {
-            detail::require_transferable<R>();
-            static_assert(std::is_default_constructible_v<R> || detail::raw_bytes<R>,
-                          "Pool.map: the function's result type must be default constructible (the result list is "
-                          "allocated up front)");
-        }
+        Transport::template check_map<Star, Fn, T>();
     }
 
     std::shared_ptr<detail::PoolCore> core_;
 };
+
+// Python's multiprocessing.Pool: worker processes, started by the context's method.
+using Pool = BasicPool<detail::ProcessTransport>;
 
 // ---- Context's factories (declared in context.hpp) ---------------------------------------
 

@@ -87,6 +87,9 @@ struct CoreOptions {
     std::function<void()> initializer;  // for fork workers
     PortableCall portable_initializer;  // the same, for spawned ones
     StartMethod start_method = StartMethod::fork;
+    // The executor: worker processes (started by start_method), or threads of this
+    // process (multiprocessing.dummy's pool), which share everything else here.
+    bool threads = false;
     std::optional<std::chrono::nanoseconds> task_timeout;
     std::uint32_t task_ring_bytes = 32u << 20;
     std::uint32_t result_ring_bytes = 32u << 20;
@@ -123,6 +126,10 @@ public:
     explicit PoolCore(CoreOptions options)
         : options_(std::move(options)),
           layout_{options_.processes, options_.task_ring_bytes, options_.result_ring_bytes} {
+        if (options_.threads && options_.task_timeout)
+            throw ValueError("Pool: task_timeout needs worker processes: a thread running past it cannot be "
+                             "stopped. Use multiprocessing's Pool for tasks that may have to be killed");
+        if (options_.threads) options_.start_method = StartMethod::fork;  // nothing to start: no spawn paths
         if (options_.start_method != StartMethod::fork && options_.initializer && !options_.portable_initializer)
             throw ValueError("Pool: the initializer cannot reach a spawned worker: " +
                              options_.portable_initializer.refusal);
@@ -282,7 +289,7 @@ public:
         std::lock_guard lock(mutex_);
         std::vector<pid_t> pids;
         for (auto& w : workers_)
-            if (w.pid > 0) pids.push_back(w.pid);
+            if (w.pid > 0 && !options_.threads) pids.push_back(w.pid);
         return pids;
     }
 
@@ -297,6 +304,9 @@ private:
         Ring tasks, results;
         pid_t pid = 0;
         std::unique_ptr<ChildRecord> child;  // while pid > 0: waits for it and signals it
+        // A thread worker instead: pid is then this process's, as a "running" mark.
+        std::thread thread;
+        std::atomic<bool> thread_exited{false};
         bool retiring = false;   // said it will exit (maxtasksperchild)
         bool timed_out = false;  // killed by us for task_timeout
         std::deque<std::unique_ptr<Task>> outstanding;  // dispatch order == result order
@@ -323,11 +333,13 @@ private:
         pending_.push_back(std::move(task));
     }
 
-    void poke() noexcept {
-        // release: the state change above is visible to the result thread once it sees
-        // the doorbell move.
-        control_->doorbell.fetch_add(1, std::memory_order_release);
-        futex_wake(control_->doorbell);
+    void poke() noexcept { poke_doorbell(*control_); }
+
+    static void poke_doorbell(PoolControl& control) noexcept {
+        // release: the state change before it is visible to the result thread once it
+        // sees the doorbell move.
+        control.doorbell.fetch_add(1, std::memory_order_release);
+        futex_wake(control.doorbell);
     }
 
     void join_thread() {
@@ -353,6 +365,19 @@ private:
         fo.daemon = true;
         fo.identity = {static_cast<int>(workers_started_)};
         fo.die_with_parent = true;
+        if (options_.threads) {
+            WorkerEnv env{control_, w.control, w.tasks, w.results, options_.maxtasksperchild, &options_.initializer};
+            // relaxed: the thread's start orders it before the thread's own store.
+            w.thread_exited.store(false, std::memory_order_relaxed);
+            w.thread = std::thread([env, &w] {
+                worker_main(env);
+                // release: what the worker did is visible to the parent that sees this.
+                w.thread_exited.store(true, std::memory_order_release);
+                poke_doorbell(*env.pool);
+            });
+            w.pid = ::getpid();
+            return;
+        }
         if (options_.start_method == StartMethod::fork) {
             WorkerEnv env{control_, w.control, w.tasks, w.results, options_.maxtasksperchild, &options_.initializer};
             w.pid = fork_child(fo, [env] { return worker_main(env); });
@@ -558,7 +583,15 @@ private:
                     w.child->signal(SIGKILL);
                 }
             }
-            if (auto status = w.child->poll_status(/*block=*/w.retiring)) worker_exited(w, *status);
+            if (options_.threads) {
+                // acquire: pairs with the release store at the thread's end.
+                if (w.retiring || w.thread_exited.load(std::memory_order_acquire)) {
+                    w.thread.join();
+                    worker_exited(w, 0);
+                }
+            } else if (auto status = w.child->poll_status(/*block=*/w.retiring)) {
+                worker_exited(w, *status);
+            }
         }
     }
 
@@ -687,7 +720,10 @@ private:
     void reap_all() {
         for (auto& w : workers_) {
             if (w.pid <= 0) continue;
-            w.child->poll_status(/*block=*/true);
+            if (options_.threads)
+                w.thread.join();
+            else
+                w.child->poll_status(/*block=*/true);
             std::lock_guard lock(mutex_);  // worker_pids() reads it from other threads
             w.pid = 0;
             w.child.reset();
@@ -708,8 +744,18 @@ private:
     // terminate() (or a fatal error): kill every worker now and fail whatever did not
     // finish with `error`.
     void shut_down_now(std::exception_ptr error) {
-        for (auto& w : workers_)
-            if (w.pid > 0) w.child->signal(SIGKILL);
+        if (options_.threads) {
+            // release: pairs with the workers' acquire load before each task. A task
+            // already running runs to its end (as in Python's ThreadPool.terminate).
+            control_->stop_now.store(1, std::memory_order_release);
+            for (auto& w : workers_) {
+                if (w.pid <= 0) continue;
+                if (w.tasks.try_reserve(0)) w.tasks.commit(stop_record);  // wakes an idle one now
+            }
+        } else {
+            for (auto& w : workers_)
+                if (w.pid > 0) w.child->signal(SIGKILL);
+        }
         reap_all();
         std::vector<std::unique_ptr<Task>> unfinished;
         std::vector<std::shared_ptr<TaskSource>> sources;

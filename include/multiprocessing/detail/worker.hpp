@@ -68,6 +68,9 @@ struct PoolControl {
     // sleeps on it when every result ring is empty.
     alignas(cache_line) std::atomic<std::uint32_t> doorbell{0};
     std::atomic<std::uint32_t> parent_waiting{0};
+    // Set when a pool of threads is terminated: a thread cannot be killed, so each
+    // worker stops before its next task instead (a process worker is SIGKILLed).
+    std::atomic<std::uint32_t> stop_now{0};
 };
 
 struct WorkerControl {
@@ -335,6 +338,8 @@ inline int worker_main(WorkerEnv env) {
     ResultChannel out(env.results, *env.pool);
     std::size_t done = 0;
     for (;;) {
+        // acquire: pairs with the parent's release store; one load per task.
+        if (env.pool->stop_now.load(std::memory_order_acquire)) return 0;
         auto record = env.tasks.peek();
         if (!record) {
             env.tasks.wait_for_data(std::chrono::seconds(1));
