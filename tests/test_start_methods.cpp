@@ -289,3 +289,42 @@ TEST_CASE("A program whose main() lacks freeze_support() gets a clear error, not
     CHECK(WEXITSTATUS(status) == 0);
     CHECK_THAT(text, Catch::Contains("PARENT-OK"));
 }
+
+TEST_CASE("A Context makes the shared objects too, as Python's context does", "[context]") {
+    auto ctx = mp::get_context("forkserver");
+    auto q = ctx.Queue<int>(2);
+    q.put(1);
+    q.put(2);
+    CHECK_THROWS_AS(q.put_nowait(3), mp::Full);
+    CHECK(q.get() == 1);
+    auto jq = ctx.JoinableQueue<std::string>();
+    jq.put("x");
+    CHECK(jq.get() == "x");
+    jq.task_done();
+    auto sq = ctx.SimpleQueue<int>();
+    CHECK(sq.empty());
+    auto [a, b] = ctx.Pipe<int>();
+    a.send(7);
+    CHECK(b.recv() == 7);
+    auto lock = ctx.Lock();
+    CHECK(lock.acquire(false));
+    CHECK_FALSE(lock.acquire(false));
+    lock.release();
+    auto sem = ctx.BoundedSemaphore(1);
+    CHECK(sem.acquire(false));
+    sem.release();
+    CHECK_THROWS_AS(sem.release(), mp::ValueError);
+    auto ev = ctx.Event();
+    ev.set();
+    CHECK(ev.is_set());
+    auto bar = ctx.Barrier(1);
+    CHECK(bar.wait() == 0);
+    auto v = ctx.Value<double>(1.5);
+    CHECK(v.value() == 1.5);
+    auto arr = ctx.Array<int>(std::vector<int>{1, 2, 3});
+    CHECK(arr.size() == 3);
+    CHECK(arr[2] == 3);
+    (void)ctx.RLock();
+    (void)ctx.Condition();
+    (void)ctx.Semaphore(2);
+}

@@ -686,4 +686,10 @@ Connection<T> Client(const Address& address, std::optional<std::string> authkey,
 
 }  // namespace connection
 
+// Context's factory (declared in context.hpp).
+template <class T>
+auto Context::Pipe(bool duplex) const {
+    return multiprocessing::Pipe<T>(duplex);
+}
+
 }  // namespace multiprocessing

@@ -180,6 +180,35 @@ public:
     // As mp::Process's constructor (defined in process.hpp).
     template <class F, class... A>
     auto Process(F&& target, A&&... args) const;
+    // As Python's context, the shared objects too, each taking what its constructor
+    // takes (defined with the types: queues.hpp, synchronize.hpp, sharedctypes.hpp,
+    // connection.hpp). They do not depend on the start method.
+    template <class T, class... A>
+    auto Queue(A&&... args) const;
+    template <class T, class... A>
+    auto JoinableQueue(A&&... args) const;
+    template <class T, class... A>
+    auto SimpleQueue(A&&... args) const;
+    template <class T>
+    auto Pipe(bool duplex = true) const;
+    template <class... A>
+    auto Lock(A&&... args) const;
+    template <class... A>
+    auto RLock(A&&... args) const;
+    template <class... A>
+    auto Semaphore(A&&... args) const;
+    template <class... A>
+    auto BoundedSemaphore(A&&... args) const;
+    template <class... A>
+    auto Condition(A&&... args) const;
+    template <class... A>
+    auto Event(A&&... args) const;
+    template <class... A>
+    auto Barrier(A&&... args) const;
+    template <class T, class... A>
+    auto Value(A&&... args) const;
+    template <class T, class... A>
+    auto Array(A&&... args) const;
 
 private:
     std::string method_;

@@ -142,4 +142,18 @@ private:
     Queue<T> q_;
 };
 
+// Context's factories (declared in context.hpp).
+template <class T, class... A>
+auto Context::Queue(A&&... args) const {
+    return multiprocessing::Queue<T>(std::forward<A>(args)...);
+}
+template <class T, class... A>
+auto Context::JoinableQueue(A&&... args) const {
+    return multiprocessing::JoinableQueue<T>(std::forward<A>(args)...);
+}
+template <class T, class... A>
+auto Context::SimpleQueue(A&&... args) const {
+    return multiprocessing::SimpleQueue<T>(std::forward<A>(args)...);
+}
+
 }  // namespace multiprocessing

@@ -20,6 +20,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "context.hpp"
 #include "detail/shared_object.hpp"
 #include "errors.hpp"
 #include "synchronize.hpp"
@@ -175,5 +176,15 @@ public:
 
     const RawArray<T>& get_obj() const noexcept { return *this; }
 };
+
+// Context's factories (declared in context.hpp).
+template <class T, class... A>
+auto Context::Value(A&&... args) const {
+    return multiprocessing::Value<T>(std::forward<A>(args)...);
+}
+template <class T, class... A>
+auto Context::Array(A&&... args) const {
+    return multiprocessing::Array<T>(std::forward<A>(args)...);
+}
 
 }  // namespace multiprocessing

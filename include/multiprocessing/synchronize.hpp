@@ -369,4 +369,34 @@ private:
     std::optional<Timeout> default_timeout_;
 };
 
+// Context's factories (declared in context.hpp).
+template <class... A>
+auto Context::Lock(A&&... args) const {
+    return multiprocessing::Lock(std::forward<A>(args)...);
+}
+template <class... A>
+auto Context::RLock(A&&... args) const {
+    return multiprocessing::RLock(std::forward<A>(args)...);
+}
+template <class... A>
+auto Context::Semaphore(A&&... args) const {
+    return multiprocessing::Semaphore(std::forward<A>(args)...);
+}
+template <class... A>
+auto Context::BoundedSemaphore(A&&... args) const {
+    return multiprocessing::BoundedSemaphore(std::forward<A>(args)...);
+}
+template <class... A>
+auto Context::Condition(A&&... args) const {
+    return multiprocessing::Condition(std::forward<A>(args)...);
+}
+template <class... A>
+auto Context::Event(A&&... args) const {
+    return multiprocessing::Event(std::forward<A>(args)...);
+}
+template <class... A>
+auto Context::Barrier(A&&... args) const {
+    return multiprocessing::Barrier(std::forward<A>(args)...);
+}
+
 }  // namespace multiprocessing
