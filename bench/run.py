@@ -2,13 +2,14 @@
 """Run the benchmarks in C++ (mp::Pool, Queue, Pipe, Lock, managers) and in Python
 (multiprocessing) and print them side by side.
 
-    python3 bench/run.py [--build-dir build] [--suite pool|ipc|managers] [--only cpp|python] [--quick] [--json]
+    python3 bench/run.py [--build-dir build] [--suite pool|ipc|managers|start] [--only cpp|python] [--quick] [--json]
 
 --build-dir  where CMake built bench_pool, bench_ipc and bench_managers (default: build).
              If a binary is missing, `cmake --build <dir> --target <it>` is run; nothing
              else is built.
 --suite      run one suite only: pool (bench_pool), ipc (bench_ipc: Queue, Pipe, Lock)
-             or managers (bench_managers: proxy calls to a manager's server).
+             managers (bench_managers: proxy calls to a manager's server) or start
+             (bench_start_methods: spawn, forkserver and dummy pools).
 --only       run one side only (the table then shows "-" for the other).
 --quick      half the repetitions on both sides.
 --json       also print the raw JSON lines of both sides.
@@ -26,7 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 # (workload, label, target kind, target value, note)
-# kind "max": the C++ median must be <= value; "min": >= value.
+# kind "max": the C++ median must be <= value; "min": >= value; "ratio": C++ must be at
+# least `value` times better than Python's median in the same run.
 POOL_ROWS = [
     ("pool_start_close_join", "Pool(2) start+close+join", "max", 1.0),
     ("apply_async_roundtrip", "apply_async(noop).get()", "max", 15.0),
@@ -55,11 +57,22 @@ MANAGERS_ROWS = [
     ("manager_call_function_tcp", "BaseManager on TCP: get_double(2)", "min", 210.0),
 ]
 
+# Targets (issue 5): each at least 10x Python's figure for the same start method, in
+# the same run.
+START_ROWS = [
+    ("pool_start_close_join_spawn", "spawn: Pool(2) start+close+join", "ratio", 10.0),
+    ("apply_async_roundtrip_spawn", "spawn: apply_async(noop).get()", "ratio", 10.0),
+    ("pool_start_close_join_forkserver", "forkserver: Pool(2) start+close+join", "ratio", 10.0),
+    ("apply_async_roundtrip_forkserver", "forkserver: apply_async(noop).get()", "ratio", 10.0),
+    ("dummy_apply_async_roundtrip", "dummy.Pool(2): apply_async(noop).get()", "ratio", 10.0),
+]
+
 # suite: (C++ binary, Python script, rows)
 SUITES = {
     "pool": ("bench_pool", "bench_pool.py", POOL_ROWS),
     "ipc": ("bench_ipc", "bench_ipc.py", IPC_ROWS),
     "managers": ("bench_managers", "bench_managers.py", MANAGERS_ROWS),
+    "start": ("bench_start_methods", "bench_start_methods.py", START_ROWS),
 }
 
 TIME_UNITS = {"ms", "us", "ns"}
@@ -148,6 +161,8 @@ def fmt(x, unit):
 def fmt_target(kind, value, unit):
     if kind is None:
         return ""
+    if kind == "ratio":
+        return f"ratio >= {value:g}x"
     return ("<= " if kind == "max" else ">= ") + fmt(value, unit)
 
 
@@ -204,12 +219,14 @@ def main():
         rec = cpp.get(name) or py.get(name) or {}
         unit = rec.get("unit", "x" if name == "map_vs_threads" else "")
         pv, cv = median_of(py, name), median_of(cpp, name)
-        ratio = "-"
+        ratio, r = "-", None
         if pv is not None and cv is not None and pv > 0 and cv > 0:
             r = pv / cv if unit in TIME_UNITS else cv / pv
             ratio = f"{r:.1f}x" if r >= 10 else f"{r:.2f}x"
         met = ""
-        if kind is not None:
+        if kind == "ratio":
+            met = "n/a" if r is None else ("yes" if r >= target else "NO")
+        elif kind is not None:
             if cv is None:
                 met = "n/a"
             else:
