@@ -216,7 +216,13 @@ TEST_CASE("What a spawned Process cannot take is refused at start() with the rea
 
 TEST_CASE("A parent with 4 threads hammering malloc and a mutex creates and uses 50 pools in a row",
           "[context][pool]") {
+#if defined(__SANITIZE_THREAD__)
+    // TSan's own runtime can be left locked in a child forked while other threads run
+    // (see .ci/run): under TSan only the fork server, whose forks are single-threaded.
+    const std::string method = GENERATE(values<std::string>({"forkserver"}));
+#else
     const std::string method = GENERATE(values<std::string>({"fork", "forkserver"}));
+#endif
     CAPTURE(method);
     std::atomic<bool> stop{false};
     std::mutex shared;
