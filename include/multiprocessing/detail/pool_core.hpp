@@ -21,6 +21,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <cstddef>
 #include <cstring>
 #include <deque>
 #include <exception>
@@ -474,10 +475,16 @@ private:
     }
 
     // Copies a queued task's record out of a ring, so it can go to another worker.
+    // The state word is left out of the byte copy: the worker may still be failing its
+    // CAS on it (it lost to our revocation) while we copy, so only an atomic access may
+    // touch it. dispatch() sets it afresh in the new ring.
     void spill(Task& task) {
         const std::size_t total = sizeof(TaskHeader) + task.size;
-        task.spilled_.assign(reinterpret_cast<std::byte*>(task.header_),
-                             reinterpret_cast<std::byte*>(task.header_) + total);
+        constexpr std::size_t state_bytes = sizeof(TaskHeader::state);
+        static_assert(offsetof(TaskHeader, state) == 0);
+        const auto* record = reinterpret_cast<const std::byte*>(task.header_);
+        task.spilled_.assign(total, std::byte{0});
+        std::memcpy(task.spilled_.data() + state_bytes, record + state_bytes, total - state_bytes);
         task.header_ = nullptr;
     }
 
