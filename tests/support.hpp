@@ -16,6 +16,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <cstdio>
+#include <sstream>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -210,6 +213,64 @@ private:
     bool daemon_;
     std::deque<multiprocessing::Process> procs_;  // a deque: references stay valid as it grows
 };
+
+// Points fd 2 (a child inherits it) at a temporary file, not a terminal, until stop()
+// or the end of the scope. text() reads what was written so far; stop() ends the capture
+// and gives it all.
+class StderrCapture {
+public:
+    StderrCapture() {
+        fd_ = ::mkstemp(path_);
+        REQUIRE(fd_ >= 0);
+        std::fflush(stderr);
+        saved_ = ::dup(STDERR_FILENO);
+        REQUIRE(saved_ >= 0);
+        REQUIRE(::dup2(fd_, STDERR_FILENO) == STDERR_FILENO);
+    }
+    StderrCapture(const StderrCapture&) = delete;
+    StderrCapture& operator=(const StderrCapture&) = delete;
+    ~StderrCapture() {
+        restore();
+        ::unlink(path_);
+    }
+
+    // What has been written so far (the capture goes on).
+    std::string text() const {
+        std::ifstream in(path_);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        return ss.str();
+    }
+    // Waits until the captured text contains `what` (log lines of other processes arrive
+    // asynchronously); false if it does not within `timeout`.
+    bool wait_for(const std::string& what,
+                  std::chrono::milliseconds timeout = std::chrono::milliseconds(10000)) const {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (text().find(what) == std::string::npos) {
+            if (std::chrono::steady_clock::now() > deadline) return false;
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        return true;
+    }
+    std::string stop() {
+        restore();
+        return text();
+    }
+
+private:
+    void restore() {
+        if (saved_ < 0) return;
+        std::fflush(stderr);
+        ::dup2(saved_, STDERR_FILENO);
+        ::close(saved_);
+        ::close(fd_);
+        saved_ = -1;
+    }
+    char path_[32] = "/tmp/mp_test_stderr_XXXXXX";
+    int fd_ = -1;
+    int saved_ = -1;
+};
+
 
 // Item types the tests send around: a trivially copyable struct (copied as bytes) and
 // one with a cereal serialize() (copied through the codec).

@@ -36,6 +36,7 @@ namespace mp = multiprocessing;
 namespace dummy = multiprocessing::dummy;
 using namespace std::chrono_literals;
 using mp_test::seconds_since;
+using mp_test::StderrCapture;
 using mp_test::throws_as;
 
 namespace {
@@ -44,45 +45,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr double quick = 1.0;  // "returned at once", generously
 constexpr double slack = 5.0;  // how late a timed wait may end, generously
-
-// Points fd 2 at a temporary file until stop() (or the end of the scope).
-class StderrCapture {
-public:
-    StderrCapture() {
-        fd_ = ::mkstemp(path_);
-        REQUIRE(fd_ >= 0);
-        std::fflush(stderr);
-        saved_ = ::dup(STDERR_FILENO);
-        REQUIRE(saved_ >= 0);
-        REQUIRE(::dup2(fd_, STDERR_FILENO) == STDERR_FILENO);
-    }
-    StderrCapture(const StderrCapture&) = delete;
-    StderrCapture& operator=(const StderrCapture&) = delete;
-    ~StderrCapture() {
-        restore();
-        ::unlink(path_);
-    }
-    std::string stop() {
-        restore();
-        std::ifstream in(path_);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        return ss.str();
-    }
-
-private:
-    void restore() {
-        if (saved_ < 0) return;
-        std::fflush(stderr);
-        ::dup2(saved_, STDERR_FILENO);
-        ::close(saved_);
-        ::close(fd_);
-        saved_ = -1;
-    }
-    char path_[32] = "/tmp/mp_test_dummy_XXXXXX";
-    int fd_ = -1;
-    int saved_ = -1;
-};
 
 bool fd_readable(int fd, int timeout_ms) {
     pollfd p{fd, POLLIN, 0};

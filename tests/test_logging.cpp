@@ -27,59 +27,9 @@
 namespace mp = multiprocessing;
 using namespace std::chrono_literals;
 
+using mp_test::StderrCapture;
+
 namespace {
-
-// Points fd 2 at a temporary file until stop() (or the end of the scope).
-class StderrCapture {
-public:
-    StderrCapture() {
-        fd_ = ::mkstemp(path_);
-        REQUIRE(fd_ >= 0);
-        saved_ = ::dup(STDERR_FILENO);
-        REQUIRE(saved_ >= 0);
-        REQUIRE(::dup2(fd_, STDERR_FILENO) == STDERR_FILENO);
-    }
-    StderrCapture(const StderrCapture&) = delete;
-    StderrCapture& operator=(const StderrCapture&) = delete;
-    ~StderrCapture() {
-        restore();
-        ::unlink(path_);
-    }
-
-    // What has been written so far (the capture goes on).
-    std::string text() const {
-        std::ifstream in(path_);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        return ss.str();
-    }
-    // Waits until the captured text contains `what` (log lines of other processes arrive
-    // asynchronously); false if it does not within `timeout`.
-    bool wait_for(const std::string& what, std::chrono::milliseconds timeout = 10000ms) const {
-        const auto deadline = std::chrono::steady_clock::now() + timeout;
-        while (text().find(what) == std::string::npos) {
-            if (std::chrono::steady_clock::now() > deadline) return false;
-            std::this_thread::sleep_for(10ms);
-        }
-        return true;
-    }
-    std::string stop() {
-        restore();
-        return text();
-    }
-
-private:
-    void restore() {
-        if (saved_ < 0) return;
-        ::dup2(saved_, STDERR_FILENO);
-        ::close(saved_);
-        ::close(fd_);
-        saved_ = -1;
-    }
-    char path_[32] = "/tmp/mp_test_logging_XXXXXX";
-    int fd_ = -1;
-    int saved_ = -1;
-};
 
 // Puts the logger back to its default state (silent) at the end of a test.
 struct ResetLogger {

@@ -7,6 +7,8 @@
 #include <catch2/catch.hpp>
 #include <multiprocessing.hpp>
 
+#include "support.hpp"
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -54,36 +56,6 @@ struct MemFile {
             at += n;
         }
     }
-};
-
-// Points fd 2 at a memfd (not a terminal) for its lifetime; text() ends the capture
-// early and gives what was written.
-class CaptureStderr {
-public:
-    CaptureStderr() {
-        std::fflush(stderr);
-        saved_ = ::dup(STDERR_FILENO);
-        REQUIRE(saved_ >= 0);
-        REQUIRE(::dup2(file_.fd, STDERR_FILENO) == STDERR_FILENO);
-    }
-    ~CaptureStderr() { restore(); }
-    CaptureStderr(const CaptureStderr&) = delete;
-    CaptureStderr& operator=(const CaptureStderr&) = delete;
-    std::string text() {
-        restore();
-        return file_.contents();
-    }
-
-private:
-    void restore() {
-        if (saved_ < 0) return;
-        std::fflush(stderr);
-        ::dup2(saved_, STDERR_FILENO);
-        ::close(saved_);
-        saved_ = -1;
-    }
-    MemFile file_;
-    int saved_ = -1;
 };
 
 std::vector<std::string> lines_of(const std::string& text) {
@@ -305,7 +277,7 @@ TEST_CASE("ProgressBar reads the clock every few items of a fast stream, every i
 TEST_CASE("progress = false (the default) writes nothing to stderr", "[progress][pool]") {
     std::vector<int> in(100);
     for (int i = 0; i < 100; ++i) in[i] = i;
-    CaptureStderr capture;
+    mp_test::StderrCapture capture;
     mp::Pool pool(2);
     CHECK(pool.map(sqr, in).size() == 100);
     CHECK(pool.map(sqr, in, {.chunksize = 7}).size() == 100);
@@ -318,7 +290,7 @@ TEST_CASE("progress = false (the default) writes nothing to stderr", "[progress]
     CHECK(count == 200);
     pool.close();
     pool.join();
-    CHECK(capture.text().empty());
+    CHECK(capture.stop().empty());
 }
 
 TEST_CASE("map with progress: correct results and a final 100/100 line", "[progress][pool]") {
@@ -329,9 +301,9 @@ TEST_CASE("map with progress: correct results and a final 100/100 line", "[progr
         expected[i] = i * i;
     }
     SECTION("map, chunks of 7 (items are counted, not chunks)") {
-        CaptureStderr capture;
+        mp_test::StderrCapture capture;
         const auto out = pool.map(sqr, in, {.chunksize = 7, .progress = true});
-        const auto text = capture.text();
+        const auto text = capture.stop();
         CHECK(out == expected);
         const auto lines = lines_of(text);
         REQUIRE(!lines.empty());
@@ -342,20 +314,20 @@ TEST_CASE("map with progress: correct results and a final 100/100 line", "[progr
         CHECK(!contains(text, "\r"));  // not a terminal: plain lines
     }
     SECTION("map_async: the last line is out before get() returns") {
-        CaptureStderr capture;
+        mp_test::StderrCapture capture;
         auto result = pool.map_async(sqr, in, {.chunksize = 10, .progress = true});
         CHECK(result.get() == expected);
-        const auto lines = lines_of(capture.text());
+        const auto lines = lines_of(capture.stop());
         REQUIRE(!lines.empty());
         CHECK(lines.back().starts_with("map 100% 100/100  "));
     }
     SECTION("starmap and starmap_async") {
         std::vector<std::tuple<int, int>> pairs;
         for (int i = 0; i < 50; ++i) pairs.emplace_back(i, 2);
-        CaptureStderr capture;
+        mp_test::StderrCapture capture;
         const auto out = pool.starmap(mul, pairs, {.progress = true});
         const auto out2 = pool.starmap_async(mul, pairs, {.chunksize = 4, .progress = true}).get();
-        const auto lines = lines_of(capture.text());
+        const auto lines = lines_of(capture.stop());
         CHECK(out.size() == 50);
         CHECK(out[49] == 98);
         CHECK(out2 == out);
@@ -364,16 +336,16 @@ TEST_CASE("map with progress: correct results and a final 100/100 line", "[progr
                             [](const std::string& l) { return l.starts_with("starmap 100% 50/50  "); }) == 2);
     }
     SECTION("an empty map: 0/0") {
-        CaptureStderr capture;
+        mp_test::StderrCapture capture;
         CHECK(pool.map(sqr, std::vector<int>{}, {.progress = true}).empty());
-        const auto lines = lines_of(capture.text());
+        const auto lines = lines_of(capture.stop());
         REQUIRE(lines.size() == 1);
         CHECK(lines[0].starts_with("map 100% 0/0  "));
     }
     SECTION("a failed map still ends its line") {
-        CaptureStderr capture;
+        mp_test::StderrCapture capture;
         CHECK_THROWS_WITH(pool.map(fail_on_seven, in, {.chunksize = 5, .progress = true}), "seven");
-        const auto text = capture.text();
+        const auto text = capture.stop();
         const auto lines = lines_of(text);
         REQUIRE(!lines.empty());
         CHECK(lines.back().starts_with("map "));
@@ -389,20 +361,20 @@ TEST_CASE("imap and imap_unordered with progress", "[progress][pool]") {
     std::vector<int> in(100);
     for (int i = 0; i < 100; ++i) in[i] = i;
     SECTION("imap over a sized range: a total") {
-        CaptureStderr capture;
+        mp_test::StderrCapture capture;
         std::vector<int> out;
         for (int x : pool.imap(sqr, in, {.chunksize = 3, .progress = true})) out.push_back(x);
-        const auto lines = lines_of(capture.text());
+        const auto lines = lines_of(capture.stop());
         REQUIRE(out.size() == 100);
         CHECK(out[99] == 99 * 99);
         REQUIRE(!lines.empty());
         CHECK(lines.back().starts_with("imap 100% 100/100  "));
     }
     SECTION("imap_unordered") {
-        CaptureStderr capture;
+        mp_test::StderrCapture capture;
         long long sum = 0;
         for (int x : pool.imap_unordered(sqr, in, {.progress = true})) sum += x;
-        const auto lines = lines_of(capture.text());
+        const auto lines = lines_of(capture.stop());
         CHECK(sum == 328350);
         REQUIRE(!lines.empty());
         CHECK(lines.back().starts_with("imap_unordered 100% 100/100  "));
@@ -410,23 +382,23 @@ TEST_CASE("imap and imap_unordered with progress", "[progress][pool]") {
     SECTION("imap over a lazy input of unknown length: the count only") {
         auto lazy = std::views::iota(0) | std::views::take_while([](int x) { return x < 60; });
         static_assert(!std::ranges::sized_range<decltype(lazy)>);
-        CaptureStderr capture;
+        mp_test::StderrCapture capture;
         int n = 0;
         for (int x : pool.imap(sqr, lazy, {.chunksize = 4, .progress = true})) n += x >= 0;
-        const auto lines = lines_of(capture.text());
+        const auto lines = lines_of(capture.stop());
         CHECK(n == 60);
         REQUIRE(!lines.empty());
         CHECK(lines.back().starts_with("imap 60 done  "));
         CHECK(!contains(lines.back(), "%"));
     }
     SECTION("an imap dropped early ends its line") {
-        CaptureStderr capture;
+        mp_test::StderrCapture capture;
         {
             auto it = pool.imap(sqr, in, {.progress = true});
             CHECK(it.next() == 0);
             CHECK(it.next() == 1);
         }
-        const auto text = capture.text();
+        const auto text = capture.stop();
         const auto lines = lines_of(text);
         // Counted as chunks come back, so some of the prefetched ones may be in it too.
         REQUIRE(lines.size() == 1);
