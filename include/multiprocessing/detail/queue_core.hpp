@@ -31,8 +31,9 @@
 // queue's slot count is protected the same way: each process records the put or get it
 // is between taking and settling a slot, and a producer kept waiting by a full queue
 // gives back the slots of such operations whose process died. (If the process died
-// right after finishing, that lets the queue hold one item over maxsize; qsize() and
-// JoinableQueue's count of unfinished items may be off by that one item.)
+// right after finishing, that lets the queue hold one item over maxsize; the slot
+// count saturates at zero so it never wraps. qsize() and JoinableQueue's count of
+// unfinished items may be off by that one item.)
 #pragma once
 
 #include <algorithm>
@@ -310,7 +311,16 @@ private:
         }
     }
     void free_slot() noexcept {
-        header_->items.fetch_sub(1, std::memory_order_seq_cst);
+        // Never below zero. A process that died between settling its operation and
+        // unrecording it (or between recording a put and taking its slot) has its record
+        // reclaimed for a slot it does not hold, so the count can run one short of the
+        // items; drained, a plain decrement would wrap it to 2^32 and the queue would look
+        // full for ever (seen as a wedged bounded queue in test_queues, about 1 run in 20).
+        auto& items = header_->items;
+        std::uint32_t n = items.load(std::memory_order_relaxed);
+        // seq_cst on success: Dekker with take_slot(), as the decrement always was.
+        while (n > 0 && !items.compare_exchange_weak(n, n - 1, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+        }
         if (header_->sleeping_producers.load(std::memory_order_seq_cst)) futex_wake(header_->items, 1);
     }
     QueueWait undo_put() noexcept {
