@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,6 +56,19 @@ void check_args_arrive(std::string s, std::vector<int> v, double d) {
     CHILD_REQUIRE(g_set_after_start == 0);
 }
 void throw_runtime_error() { throw std::runtime_error("from the child"); }
+
+void put_squares(mp::Queue<int> q, int n) {
+    for (int i = 0; i < n; ++i) q.put(i * i);
+}
+void echo_once(mp::Connection<std::string> end) { end.send(end.recv() + "!"); }
+void double_until_negative(mp::JoinableQueue<int> jobs, mp::SimpleQueue<int> out) {
+    for (;;) {
+        const int v = jobs.get();
+        if (v >= 0) out.put(2 * v);
+        jobs.task_done();
+        if (v < 0) return;
+    }
+}
 
 struct Subclass : mp::Process {
     void run() override {}
@@ -120,7 +134,7 @@ TEST_CASE("A function from a shared library travels too (its offset in libc, not
     CHECK(pool.apply(libc_abs, -42) == 42);
 }
 
-TEST_CASE("A spawned initializer runs with its initargs, and one holding a handle is refused up front",
+TEST_CASE("A spawned initializer runs with its initargs, a Queue among them, and a Lock is refused up front",
           "[context][pool]") {
     const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
     CAPTURE(method);
@@ -132,11 +146,23 @@ TEST_CASE("A spawned initializer runs with its initargs, and one holding a handl
         CHECK(pool.map([](int) { return read_global(); }, v, {.chunksize = 1}) == std::vector<int>(8, 31));
     }
     mp::Queue<int> q;
+    {
+        // Each worker's initializer reports on a Queue given as an initarg (its fd goes
+        // after the pool's segment).
+        mp::Pool pool({.processes = 2,
+                       .initializer = {[](mp::Queue<int> qq) { qq.put(static_cast<int>(::getpid())); }, q},
+                       .context = mp::get_context(method)});
+        std::set<int> pids{q.get(20s), q.get(20s)};
+        CHECK(pids.size() == 2);
+        CHECK_FALSE(pids.count(static_cast<int>(::getpid())));
+        CHECK(pids.count(pool.apply(worker_pid)));
+    }
+    mp::Lock lock;
     try {
         mp::Pool pool({.processes = 1,
-                       .initializer = {[](mp::Queue<int>) {}, q},
+                       .initializer = {[](mp::Lock) {}, lock},
                        .context = mp::get_context(method)});
-        FAIL("a spawned pool took an initializer with a Queue argument");
+        FAIL("a spawned pool took an initializer with a Lock argument");
     } catch (const mp::ValueError& e) {
         CHECK_THAT(e.what(), Catch::Contains("initializer") && Catch::Contains("fork start method"));
     }
@@ -209,9 +235,50 @@ TEST_CASE("What a spawned Process cannot take is refused at start() with the rea
     } catch (const mp::ValueError& e) {
         CHECK_THAT(e.what(), Catch::Contains("overrides run()") && Catch::Contains(method));
     }
-    mp::Queue<int> q;
-    mp::Process with_handle([](mp::Queue<int> qq) { qq.put(1); }, q);
-    CHECK_THROWS_AS(with_handle.start(), mp::ValueError);
+    mp::Lock lock;
+    mp::Process with_handle([](mp::Lock l) { l.acquire(); }, lock);
+    try {
+        with_handle.start();
+        FAIL("a Process with a Lock argument started under " + method);
+    } catch (const mp::ValueError& e) {
+        CHECK_THAT(e.what(), Catch::Contains("Lock") && Catch::Contains("fork start method"));
+    }
+}
+
+TEST_CASE("Queues and Pipe ends pass to spawned and fork-server processes as arguments", "[context][process]") {
+    const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
+    CAPTURE(method);
+    auto ctx = mp::get_context(method);
+
+    mp::Queue<int> q(4);  // bounded: the child waits for room, so both sides use the slots
+    auto producer = ctx.Process(put_squares, q, 100);
+    producer.start();
+    for (int i = 0; i < 100; ++i) REQUIRE(q.get(20s) == i * i);
+    REQUIRE(producer.join(20s));
+    CHECK(producer.exitcode() == 0);
+
+    auto [mine, theirs] = mp::Pipe<std::string>();
+    auto echo = ctx.Process(echo_once, theirs);
+    echo.start();
+    theirs.close();  // the child holds its own copy of that end now
+    mine.send("hello");
+    CHECK(mine.recv(20s) == "hello!");
+    REQUIRE(echo.join(20s));
+    CHECK(echo.exitcode() == 0);
+    CHECK_THROWS_AS(mine.recv(5s), mp::EOFError);  // every holder of the other end is gone
+
+    mp::JoinableQueue<int> jobs;
+    mp::SimpleQueue<int> doubled;
+    auto consumer = ctx.Process(double_until_negative, jobs, doubled);
+    consumer.start();
+    for (int i = 0; i < 10; ++i) jobs.put(i);
+    jobs.put(-1);
+    CHECK(jobs.join(20s));  // the child's task_done() calls reach this process's count
+    int sum = 0;
+    for (int i = 0; i < 10; ++i) sum += doubled.get(20s);
+    CHECK(sum == 90);
+    REQUIRE(consumer.join(20s));
+    CHECK(consumer.exitcode() == 0);
 }
 
 TEST_CASE("A parent with 4 threads hammering malloc and a mutex creates and uses 50 pools in a row",

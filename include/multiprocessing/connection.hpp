@@ -47,6 +47,7 @@
 #include "context.hpp"
 #include "detail/codec.hpp"
 #include "detail/deadline.hpp"
+#include "detail/reduction.hpp"
 #include "detail/socket.hpp"
 #include "detail/wire.hpp"
 #include "errors.hpp"
@@ -293,6 +294,23 @@ public:
     int fileno() const {
         auto in_use = endpoint().use("Connection.fileno");
         return in_use.fd();
+    }
+
+    // As a Process argument under spawn or forkserver (detail/reduction.hpp): the fd
+    // travels, and the child holds the same end.
+    struct reduced_type {
+        std::int32_t fd;
+        bool readable;
+        bool writable;
+    };
+    reduced_type reduce(detail::PassedFds& fds) const {
+        auto in_use = endpoint().use("Process.start (passing a Connection)");
+        return {fds.add(in_use.fd()), endpoint().readable(), endpoint().writable()};
+    }
+    static Connection rebuild(const reduced_type& r) {
+        auto endpoint = std::make_shared<detail::PipeEndpoint>(r.readable, r.writable);
+        endpoint->adopt(r.fd);
+        return Connection(std::move(endpoint));
     }
 
 private:

@@ -49,17 +49,21 @@ public:
         (require_process_argument<stored_arg_t<Args>>(), ...);
         Fn fn(std::forward<F>(f));
         std::tuple<stored_arg_t<Args>...> stored(std::forward<Args>(initargs)...);
-        portable_ = std::apply([&](const auto&... a) { return make_portable_call(fn, a...); }, stored);
+        // Encoded only for a pool whose workers are spawned: a fork pool needs none of it.
+        portable_ = [fn, stored](int fds_ahead) {
+            return std::apply([&](const auto&... a) { return make_portable_call(fds_ahead, fn, a...); }, stored);
+        };
         fn_ = [fn, stored]() mutable { std::apply([&](auto&... a) { std::invoke(fn, a...); }, stored); };
     }
     explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
     const std::function<void()>& function() const noexcept { return fn_; }
-    // The same call, encoded for a spawned worker.
-    const PortableCall& portable() const noexcept { return portable_; }
+    // The same call, encoded for a spawned worker that is given `fds_ahead` fds before
+    // the initializer's own.
+    PortableCall portable(int fds_ahead) const { return portable_ ? portable_(fds_ahead) : PortableCall{}; }
 
 private:
     std::function<void()> fn_;
-    PortableCall portable_;
+    std::function<PortableCall(int)> portable_;
 };
 
 template <class R>
@@ -790,7 +794,8 @@ struct ProcessTransport {
         core.processes = options.processes.value_or(cpu_count());
         core.maxtasksperchild = options.maxtasksperchild.value_or(0);
         core.initializer = options.initializer.function();
-        core.portable_initializer = options.initializer.portable();
+        // A spawned worker is given the pool's segment first (spawned_worker_main).
+        if (core.start_method != StartMethod::fork) core.portable_initializer = options.initializer.portable(1);
         if (options.task_timeout)
             core.task_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(*options.task_timeout);
         return core;

@@ -41,7 +41,10 @@ public:
                       "multiprocessing::Process: the target cannot be called with these arguments");
         Fn fn(std::forward<F>(target));
         std::tuple<detail::stored_arg_t<Args>...> stored(std::forward<Args>(args)...);
-        portable_target_ = std::apply([&](const auto&... a) { return detail::make_portable_call(fn, a...); }, stored);
+        // Encoded at start(), and only for the spawn and forkserver methods.
+        portable_target_ = [fn, stored] {
+            return std::apply([&](const auto&... a) { return detail::make_portable_call(0, fn, a...); }, stored);
+        };
         target_ = [fn, stored]() mutable { std::apply([&](auto&... a) { std::invoke(fn, a...); }, stored); };
     }
 
@@ -70,19 +73,21 @@ public:
         if (method == detail::StartMethod::fork) {
             pid = detail::fork_child(std::move(options), [this] { return report_outcome([this] { run(); }); });
         } else {
-            if (!portable_target_)
+            const detail::PortableCall call = portable_target_ ? portable_target_() : detail::PortableCall{};
+            if (!call)
                 throw ValueError("Process.start: this process cannot be started by the '" +
                                  detail::start_method_name(method) + "' start method: " +
-                                 (target_ ? portable_target_.refusal
+                                 (target_ ? call.refusal
                                           : std::string("a Process subclass that overrides run() lives in this "
                                                         "process's memory, which a fresh process does not "
                                                         "share; give it a target function, or use fork")));
-            const auto payload = detail::encode_values(portable_target_.runner, portable_target_.payload);
+            const auto payload = detail::encode_values(call.runner, call.payload);
             const auto entry = detail::address_of_code(&spawned_main);
+            const auto fds = call.fds.numbers();  // the handles among the arguments
             if (method == detail::StartMethod::spawn) {
-                pid = detail::spawn_child(options, entry, payload);
+                pid = detail::spawn_child(options, entry, payload, fds);
             } else {
-                auto served = detail::ForkServerClient::instance().start_child(options, entry, payload);
+                auto served = detail::ForkServerClient::instance().start_child(options, entry, payload, fds);
                 pid = served.pid;
                 status_fd = served.status.release();
             }
@@ -206,7 +211,7 @@ private:
     friend class Context;
 
     std::function<void()> target_;  // type-checked at construction; lives in the parent
-    detail::PortableCall portable_target_;  // the same, for a spawned child
+    std::function<detail::PortableCall()> portable_target_;  // the same, encoded for a spawned child
     std::optional<std::string> start_method_;  // set by Context::Process; else the default at start()
     std::string name_;
     bool daemon_ = false;

@@ -18,6 +18,7 @@
 #include "context.hpp"
 #include "detail/codec.hpp"
 #include "detail/queue_core.hpp"
+#include "detail/reduction.hpp"
 #include "detail/sync.hpp"
 #include "errors.hpp"
 
@@ -65,10 +66,19 @@ public:
     }
     void cancel_join_thread() noexcept {}
 
+    // As a Process argument under spawn or forkserver (detail/reduction.hpp): the
+    // segment's fd travels, and the child maps the same queue.
+    struct reduced_type {
+        std::int32_t segment_fd;
+    };
+    reduced_type reduce(detail::PassedFds& fds) const { return {fds.add(core().segment_fd())}; }
+    static Queue rebuild(const reduced_type& r) { return Queue(r); }
+
 protected:
     Queue(long maxsize, bool joinable) : state_(std::make_shared<State>(maxsize, joinable)) {
         detail::require_transferable<T>();
     }
+    explicit Queue(const reduced_type& r) : state_(std::make_shared<State>(r.segment_fd)) {}
     detail::QueueCore& core() const { return state_->core; }
 
 private:
@@ -76,6 +86,7 @@ private:
     struct State {
         State(long maxsize, bool joinable)
             : core(maxsize > 0 ? static_cast<std::uint32_t>(std::min<long>(maxsize, INT32_MAX)) : 0, joinable) {}
+        explicit State(int segment_fd) : core(segment_fd) {}
         detail::QueueCore core;
         bool closed = false;
     };
@@ -117,6 +128,7 @@ template <class T>
 class JoinableQueue : public Queue<T> {
 public:
     explicit JoinableQueue(long maxsize = 0) : Queue<T>(maxsize, true) {}
+    static JoinableQueue rebuild(const typename Queue<T>::reduced_type& r) { return JoinableQueue(r); }
 
     void task_done() {
         if (!this->core().task_done()) throw ValueError("JoinableQueue.task_done: called more times than items were put");
@@ -124,6 +136,9 @@ public:
     void join() { this->core().join(detail::Deadline{}); }
     // False if items were still unfinished when the timeout ran out.
     bool join(Timeout timeout) { return this->core().join(detail::Deadline(timeout)); }
+
+private:
+    explicit JoinableQueue(const typename Queue<T>::reduced_type& r) : Queue<T>(r) {}
 };
 
 // Python's SimpleQueue: put, get, empty, close; unbounded.
@@ -138,7 +153,17 @@ public:
     bool empty() const { return q_.empty(); }
     void close() noexcept { q_.close(); }
 
+    using reduced_type = typename Queue<T>::reduced_type;
+    reduced_type reduce(detail::PassedFds& fds) const { return q_.reduce(fds); }
+    static SimpleQueue rebuild(const reduced_type& r) {
+        SimpleQueue q(Queue<T>::rebuild(r));
+        return q;
+    }
+
+    SimpleQueue() = default;
+
 private:
+    explicit SimpleQueue(Queue<T> q) : q_(std::move(q)) {}
     Queue<T> q_;
 };
 

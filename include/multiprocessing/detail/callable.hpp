@@ -27,6 +27,7 @@
 
 #include "../errors.hpp"
 #include "codec.hpp"
+#include "reduction.hpp"
 
 namespace multiprocessing::detail {
 
@@ -217,11 +218,13 @@ F get_callable(ByteReader& r) {
 }
 
 // A call that can be made in a spawned process: `runner` is a `void(ByteReader&)` that
-// decodes a callable and its arguments from `payload` and calls it. When the call could
-// not be encoded (a shared handle among its arguments, for now), `refusal` says why.
+// decodes a callable and its arguments from `payload` and calls it; `fds` are passed to
+// the process along with it (the shared handles among the arguments, reduction.hpp).
+// When the call could not be encoded, `refusal` says why.
 struct PortableCall {
     code_address runner = 0;
     std::vector<std::byte> payload;
+    PassedFds fds;
     std::string refusal;
     explicit operator bool() const noexcept { return runner != 0; }
 };
@@ -229,25 +232,30 @@ struct PortableCall {
 template <class Fn, class... A>
 void run_portable_call(ByteReader& in) {
     Fn fn = get_callable<Fn>(in);
-    std::tuple<A...> args{get<A>(in)...};  // braced: decoded left to right
+    std::tuple<A...> args{rebuild_argument<A>(in)...};  // braced: decoded left to right
     std::apply([&](auto&... a) { std::invoke(fn, a...); }, args);
 }
 
-// Encodes f(args...) for a spawned process, or says why it cannot be.
+// Encodes f(args...) for a spawned process, or says why it cannot be. `fds_ahead`: how
+// many fds the start path passes before the arguments' (see PassedFds).
 template <class Fn, class... A>
-PortableCall make_portable_call(const Fn& fn, const A&... args) {
+PortableCall make_portable_call(int fds_ahead, const Fn& fn, const A&... args) {
     PortableCall call;
-    if constexpr ((transferable<A> && ...)) {
+    call.fds = PassedFds(fds_ahead);
+    if constexpr ((spawn_portable<A> && ...)) {
         call.runner = address_of_code(&run_portable_call<Fn, A...>);
+        // Reduced once, before the two passes of encode_with (each reduce adds fds).
+        const std::tuple<decltype(portable_form(args, call.fds))...> forms{portable_form(args, call.fds)...};
         call.payload = encode_with([&](ByteWriter& w) {
             put_callable(w, fn);
-            (put(w, args), ...);
+            std::apply([&](const auto&... form) { (put(w, form), ...); }, forms);
         });
     } else {
         call.refusal =
-            "a Queue, Lock, Pipe end, Value or other shared handle cannot yet be passed to a process started "
-            "by the spawn or forkserver start method; use the fork start method for this, or have the child "
-            "create or connect to the object itself (a Manager proxy's address, say)";
+            "a Lock, Value, Array, SharedMemory, manager proxy or other shared handle cannot yet be passed to a "
+            "process started by the spawn or forkserver start method (a Queue, JoinableQueue, SimpleQueue or "
+            "Pipe end can); use the fork start method for this, or have the child create or connect to the "
+            "object itself (a Manager proxy's address, say)";
     }
     return call;
 }

@@ -389,7 +389,8 @@ private:
         const auto payload = encode_values(layout_.processes, layout_.task_ring_bytes, layout_.result_ring_bytes,
                                            w.index, options_.maxtasksperchild, options_.portable_initializer.runner,
                                            options_.portable_initializer.payload);
-        const int fds[] = {segment_.fd()};
+        std::vector<int> fds{segment_.fd()};  // then the initializer's handles (see core_options)
+        for (int fd : options_.portable_initializer.fds.numbers()) fds.push_back(fd);
         const auto entry = address_of_code(&spawned_worker_main);
         if (options_.start_method == StartMethod::spawn) {
             w.pid = spawn_child(fo, entry, payload, fds);
@@ -403,7 +404,7 @@ private:
     }
 
     // A spawned worker's entry (see spawn_child): maps the pool's segment, its fd 4, and
-    // runs the same loop as a fork worker.
+    // runs the same loop as a fork worker (the initializer's handles are fds 5 and up).
     static int spawned_worker_main(ByteReader& in) {
         PoolLayout layout;
         layout.processes = get<std::size_t>(in);

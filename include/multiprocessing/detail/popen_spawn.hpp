@@ -39,8 +39,7 @@ namespace multiprocessing::detail {
 
 // Set in a spawned child's environment (and removed once it has taken over).
 inline constexpr const char* spawned_env = "MULTIPROCESSING_SPAWNED";
-inline constexpr int bootstrap_fd = 3;
-inline constexpr int first_passed_fd = 4;
+// (bootstrap_fd and first_passed_fd: reduction.hpp.)
 
 enum class StartMethod { fork, spawn, forkserver };
 

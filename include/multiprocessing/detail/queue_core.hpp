@@ -43,6 +43,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <optional>
 #include <span>
 #include <string>
@@ -105,16 +106,22 @@ enum class QueueWait { done, timed_out };
 class QueueCore {
 public:
     QueueCore(std::uint32_t maxsize, bool joinable) {
-        const std::size_t control = sizeof(QueueHeader) + queue_lane_count * sizeof(QueueLane);
-        data_offset_ = (control + 4095) & ~std::size_t{4095};
-        segment_ = SharedSegment::create(data_offset_ + std::size_t{queue_lane_count} * queue_lane_capacity,
-                                         "mp-queue");
-        // Forked children inherit the mapping; no fd needs to stay open.
-        segment_.close_fd();
+        // The fd stays open (one per queue): forked children inherit the mapping, but a
+        // spawned one is given the fd (reduction.hpp).
+        segment_ = SharedSegment::create(segment_bytes, "mp-queue");
         header_ = ::new (segment_.data()) QueueHeader(maxsize, joinable);
         lanes_ = reinterpret_cast<QueueLane*>(segment_.data() + sizeof(QueueHeader));
         for (std::uint32_t i = 0; i < queue_lane_count; ++i) ::new (&lanes_[i]) QueueLane;
     }
+    // In a spawned process: the queue another process made, from the fd it was given
+    // (which this now owns).
+    explicit QueueCore(int segment_fd) : segment_(SharedSegment::adopt(segment_fd)) {
+        if (segment_.size() != segment_bytes)
+            throw ProcessError("multiprocessing: a spawned process was given a queue segment of the wrong size");
+        header_ = std::launder(reinterpret_cast<QueueHeader*>(segment_.data()));
+        lanes_ = std::launder(reinterpret_cast<QueueLane*>(segment_.data() + sizeof(QueueHeader)));
+    }
+    int segment_fd() const noexcept { return segment_.fd(); }
     QueueCore(const QueueCore&) = delete;
     QueueCore& operator=(const QueueCore&) = delete;
 
@@ -246,7 +253,7 @@ public:
 
 private:
     Ring lane_ring(std::uint32_t i) const noexcept {
-        return Ring(&lanes_[i].ring, segment_.data() + data_offset_ + std::size_t{i} * queue_lane_capacity,
+        return Ring(&lanes_[i].ring, segment_.data() + data_offset + std::size_t{i} * queue_lane_capacity,
                     queue_lane_capacity);
     }
     std::uint32_t lanes_used() const noexcept {
@@ -416,8 +423,12 @@ private:
         }
     }
 
+    // The header and lanes, then each lane's ring from the next page on.
+    static constexpr std::size_t data_offset =
+        (sizeof(QueueHeader) + queue_lane_count * sizeof(QueueLane) + 4095) & ~std::size_t{4095};
+    static constexpr std::size_t segment_bytes = data_offset + std::size_t{queue_lane_count} * queue_lane_capacity;
+
     SharedSegment segment_;
-    std::size_t data_offset_ = 0;
     QueueHeader* header_ = nullptr;
     QueueLane* lanes_ = nullptr;
     std::atomic<pid_t> home_pid_{0};
