@@ -22,6 +22,7 @@
 #include <map>
 #include <mutex>
 #include <span>
+#include <string>
 #include <vector>
 
 #include <fcntl.h>
@@ -198,7 +199,9 @@ public:
     ServedChild start_child(const ForkOptions& options, code_address entry, std::span<const std::byte> payload,
                             std::span<const int> fds = {}) {
         if (fds.size() + 2 > forkserver_max_fds)
-            throw ValueError("multiprocessing: too many fds for one fork server request");
+            throw ValueError("multiprocessing: a process started by the forkserver method can be given at most " +
+                             std::to_string(forkserver_max_fds - 2) + " Queues and Pipe ends (" +
+                             std::to_string(fds.size()) + " here); pass fewer, or use spawn");
         UniqueFd boot = write_bootstrap(options, entry, payload);
         int status_pipe[2];
         if (::pipe2(status_pipe, O_CLOEXEC) != 0) throw_errno("pipe2(exit status)");

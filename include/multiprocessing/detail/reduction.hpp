@@ -55,7 +55,6 @@ public:
         for (const auto& fd : fds_) out.push_back(fd.get());
         return out;
     }
-    std::size_t size() const noexcept { return fds_.size(); }
 
 private:
     int ahead_ = 0;
