@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -68,6 +69,41 @@ void double_until_negative(mp::JoinableQueue<int> jobs, mp::SimpleQueue<int> out
         jobs.task_done();
         if (v < 0) return;
     }
+}
+
+// The parent holds `lock` and `rlock` and waits at `barrier` for this child.
+void use_sync_objects(mp::Lock lock, mp::RLock rlock, mp::Semaphore sem, mp::BoundedSemaphore bounded,
+                      mp::Event done, mp::Condition cond, mp::Barrier barrier) {
+    CHILD_REQUIRE(!lock.acquire(false));   // held by the parent: the same lock
+    CHILD_REQUIRE(!rlock.acquire(false));
+    CHILD_REQUIRE(sem.acquire(false) && sem.acquire(false) && !sem.acquire(false));
+    bool threw = false;
+    try {
+        bounded.release();  // its bound (1) came along
+    } catch (const mp::ValueError&) {
+        threw = true;
+    }
+    CHILD_REQUIRE(threw);
+    CHILD_REQUIRE(barrier.wait(20s) >= 0);
+    {
+        std::lock_guard g(cond);
+        done.set();
+        cond.notify_all();
+    }
+}
+
+// Writes what the parent then reads.
+void use_shared_data(mp::Value<int> counter, mp::Array<double> xs, mp::RawValue<long> raw,
+                     mp::shared_memory::SharedMemory shm, mp::shared_memory::ShareableList<int> list,
+                     mp::managers::ListProxy<int> proxy) {
+    CHILD_REQUIRE(!counter.get_lock().acquire(false));  // the parent holds it, so it is the same lock
+    for (std::size_t i = 0; i < xs.size(); ++i) xs[i] = 1.5 * static_cast<double>(i);
+    raw.value() = 42;
+    shm.buf()[0] = std::byte{7};
+    list[1] = 20;
+    proxy.append(3);
+    std::lock_guard g(counter);  // waits until the parent lets go
+    counter.value() += 5;
 }
 
 struct Subclass : mp::Process {
@@ -134,7 +170,7 @@ TEST_CASE("A function from a shared library travels too (its offset in libc, not
     CHECK(pool.apply(libc_abs, -42) == 42);
 }
 
-TEST_CASE("A spawned initializer runs with its initargs, a Queue among them, and a Lock is refused up front",
+TEST_CASE("A spawned initializer runs with its initargs, a Queue among them; a Barrier's action is refused",
           "[context][pool]") {
     const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
     CAPTURE(method);
@@ -157,14 +193,14 @@ TEST_CASE("A spawned initializer runs with its initargs, a Queue among them, and
         CHECK_FALSE(pids.count(static_cast<int>(::getpid())));
         CHECK(pids.count(pool.apply(worker_pid)));
     }
-    mp::Lock lock;
+    mp::Barrier with_action(2, [] {});  // a handle whose action (code) cannot cross
     try {
         mp::Pool pool({.processes = 1,
-                       .initializer = {[](mp::Lock) {}, lock},
+                       .initializer = {[](mp::Barrier) {}, with_action},
                        .context = mp::get_context(method)});
-        FAIL("a spawned pool took an initializer with a Lock argument");
+        FAIL("a spawned pool took an initializer with a Barrier with an action");
     } catch (const mp::ValueError& e) {
-        CHECK_THAT(e.what(), Catch::Contains("initializer") && Catch::Contains("fork start method"));
+        CHECK_THAT(e.what(), Catch::Contains("action") && Catch::Contains("fork start method"));
     }
 }
 
@@ -235,13 +271,14 @@ TEST_CASE("What a spawned Process cannot take is refused at start() with the rea
     } catch (const mp::ValueError& e) {
         CHECK_THAT(e.what(), Catch::Contains("overrides run()") && Catch::Contains(method));
     }
-    mp::Lock lock;
-    mp::Process with_handle([](mp::Lock l) { l.acquire(); }, lock);
+    // (An argument that is neither encodable nor a shared handle does not compile.)
+    mp::Barrier with_action(2, [] {});
+    mp::Process at_barrier([](mp::Barrier b) { b.wait(); }, with_action);
     try {
-        with_handle.start();
-        FAIL("a Process with a Lock argument started under " + method);
+        at_barrier.start();
+        FAIL("a Process was given a Barrier with an action under " + method);
     } catch (const mp::ValueError& e) {
-        CHECK_THAT(e.what(), Catch::Contains("Lock") && Catch::Contains("fork start method"));
+        CHECK_THAT(e.what(), Catch::Contains("action") && Catch::Contains("fork start method"));
     }
 }
 
@@ -400,4 +437,67 @@ TEST_CASE("A Context makes the shared objects too, as Python's context does", "[
     (void)ctx.RLock();
     (void)ctx.Condition();
     (void)ctx.Semaphore(2);
+}
+
+TEST_CASE("Locks, semaphores, events, conditions and barriers pass to spawned and fork-server processes",
+          "[context][process]") {
+    const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
+    CAPTURE(method);
+    auto ctx = mp::get_context(method);
+    mp::Lock lock;
+    mp::RLock rlock;
+    mp::Semaphore sem(2);
+    mp::BoundedSemaphore bounded(1);
+    mp::Event done;
+    mp::Condition cond(mp::Lock{});
+    mp::Barrier barrier(2, {}, 20s);
+    REQUIRE(lock.acquire(false));
+    REQUIRE(rlock.acquire(false));
+
+    auto child = ctx.Process(use_sync_objects, lock, rlock, sem, bounded, done, cond, barrier);
+    child.start();
+    CHECK(barrier.wait() >= 0);  // met by the child: the same barrier
+    {
+        std::unique_lock g(cond);
+        CHECK(cond.wait_for([&] { return done.is_set(); }, 20s));
+    }
+    REQUIRE(child.join(20s));
+    CHECK(child.exitcode() == 0);
+    CHECK(sem.get_value() == 0);  // the child took both units
+    lock.release();
+    rlock.release();
+}
+
+TEST_CASE("Value, Array, SharedMemory, ShareableList and manager proxies pass to spawned and fork-server "
+          "processes",
+          "[context][process]") {
+    const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
+    CAPTURE(method);
+    auto ctx = mp::get_context(method);
+    mp::Value<int> counter(10);
+    mp::Array<double> xs(4);
+    mp::RawValue<long> raw(0);
+    mp::shared_memory::SharedMemory shm(std::nullopt, true, 64);
+    mp::shared_memory::ShareableList<int> list(std::vector<int>{1, 2, 3});
+    auto manager = mp::Manager();
+    auto proxy = manager.list<int>(std::vector<int>{1, 2});
+
+    counter.acquire();
+    auto child = ctx.Process(use_shared_data, counter, xs, raw, shm, list, proxy);
+    child.start();
+    // The child's last step waits for this lock; all else it wrote before that.
+    const auto until = std::chrono::steady_clock::now() + 20s;
+    while (proxy.size() < 3 && std::chrono::steady_clock::now() < until) sleep_ms(5);
+    CHECK(child.is_alive());
+    counter.release();
+    REQUIRE(child.join(20s));
+    CHECK(child.exitcode() == 0);
+    CHECK(counter.value() == 15);
+    CHECK(std::vector<double>(xs.begin(), xs.end()) == std::vector<double>{0, 1.5, 3, 4.5});
+    CHECK(raw.value() == 42);
+    CHECK(shm.buf()[0] == std::byte{7});
+    CHECK(list[1] == 20);
+    CHECK(proxy.get() == std::vector<int>{1, 2, 3});
+    shm.unlink();
+    list.shm().unlink();
 }

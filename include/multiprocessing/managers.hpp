@@ -200,6 +200,15 @@ public:
     // Where the server is.
     const Address& address() const { return state().client().address(); }
 
+    // Under spawn and forkserver: the server's address, the key and the object's id
+    // travel, and the child's copy holds a reference of its own (as Python's proxies).
+    using reduced_type = detail::manager::ProxyReference;
+    reduced_type reduce(detail::PassedFds&) const { return detail::manager::reference_to(state()); }
+    // What every proxy type is constructed from.
+    static std::shared_ptr<detail::ProxyState> rebuild(const reduced_type& r) {
+        return detail::manager::rebuild_proxy_state(r);
+    }
+
 protected:
     BaseProxy() = default;
     explicit BaseProxy(std::shared_ptr<detail::ProxyState> state) : state_(std::move(state)) {}

@@ -76,11 +76,10 @@ public:
             const detail::PortableCall call = portable_target_ ? portable_target_() : detail::PortableCall{};
             if (!call)
                 throw ValueError("Process.start: this process cannot be started by the '" +
-                                 detail::start_method_name(method) + "' start method: " +
-                                 (target_ ? call.refusal
-                                          : std::string("a Process subclass that overrides run() lives in this "
-                                                        "process's memory, which a fresh process does not "
-                                                        "share; give it a target function, or use fork")));
+                                 detail::start_method_name(method) +
+                                 "' start method: a Process subclass that overrides run() lives in this "
+                                 "process's memory, which a fresh process does not share; give it a target "
+                                 "function, or use fork");
             const auto payload = detail::encode_values(call.runner, call.payload);
             const auto entry = detail::address_of_code(&spawned_main);
             const auto fds = call.fds.numbers();  // the handles among the arguments

@@ -52,6 +52,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "detail/reduction.hpp"
 #include "detail/resource_tracker.hpp"
 #include "errors.hpp"
 
@@ -168,6 +169,12 @@ public:
         } catch (...) {
         }
     }
+
+    // Under spawn and forkserver the name travels and the child attaches, as Python's
+    // SharedMemory pickles (so the segment must not be unlinked before the child starts).
+    using reduced_type = std::string;
+    reduced_type reduce(multiprocessing::detail::PassedFds&) const { return name(); }
+    static SharedMemory rebuild(const reduced_type& name) { return SharedMemory(name); }
 
 private:
     void create_segment(const std::optional<std::string>& name, std::size_t size, bool track) {
@@ -401,6 +408,11 @@ public:
     // shm().close(), shm().unlink(). A handle copy, so that the list's own cannot be
     // reassigned; it shares the list's mapping, so shm().close() closes the list here.
     SharedMemory shm() const { return shm_; }
+
+    // Under spawn and forkserver, as its SharedMemory: by name.
+    using reduced_type = std::string;
+    reduced_type reduce(multiprocessing::detail::PassedFds&) const { return shm_.name(); }
+    static ShareableList rebuild(const reduced_type& name) { return ShareableList(name); }
 
 private:
     struct Create {};

@@ -56,8 +56,24 @@ public:
     T* data() const noexcept { return std::launder(reinterpret_cast<T*>(block_.extra())); }
     std::size_t size() const noexcept { return block_->count; }
 
+    ReducedBlock reduce(PassedFds& fds) const { return block_.reduce(fds); }
+    static SharedStorage rebuild(const ReducedBlock& r) {
+        SharedStorage s;
+        s.block_ = SharedBlock<SharedElements<T>>::rebuild(r);
+        if (s.block_.extra_size() < s.size() * sizeof(T))
+            throw ValueError("a shared Value or Array passed to this process is smaller than its element count says");
+        return s;
+    }
+
 private:
     SharedBlock<SharedElements<T>> block_;
+};
+
+// A Value or Array in a spawned child's payload: its storage and its lock.
+template <class L>
+struct ReducedSynchronized {
+    ReducedBlock storage;
+    typename L::reduced_type lock;
 };
 
 // What Value and Array add to their raw forms: the lock, and Python's `with v:` as
@@ -75,6 +91,7 @@ public:
 protected:
     Synchronized() = default;
     explicit Synchronized(L lock) : lock_(std::move(lock)) {}
+    const L& lock_handle() const noexcept { return lock_; }
 
 private:
     L lock_;
@@ -93,6 +110,14 @@ public:
 
     T& value() const noexcept { return *storage_.data(); }
 
+    // Under spawn and forkserver, the segment's fd reaches the child (detail/reduction.hpp).
+    using reduced_type = detail::ReducedBlock;
+    reduced_type reduce(detail::PassedFds& fds) const { return storage_.reduce(fds); }
+    static RawValue rebuild(const reduced_type& r) { return RawValue(detail::SharedStorage<T>::rebuild(r)); }
+
+protected:
+    explicit RawValue(detail::SharedStorage<T> storage) : storage_(std::move(storage)) {}
+
 private:
     detail::SharedStorage<T> storage_;
 };
@@ -107,6 +132,15 @@ public:
 
     // The unsynchronized view (Python's get_obj()).
     const RawValue<T>& get_obj() const noexcept { return *this; }
+
+    using reduced_type = detail::ReducedSynchronized<L>;
+    reduced_type reduce(detail::PassedFds& fds) const {
+        return {RawValue<T>::reduce(fds), this->lock_handle().reduce(fds)};
+    }
+    static Value rebuild(const reduced_type& r) { return Value(RawValue<T>::rebuild(r.storage), L::rebuild(r.lock)); }
+
+private:
+    Value(RawValue<T> storage, L lock) : RawValue<T>(std::move(storage)), detail::Synchronized<L>(std::move(lock)) {}
 };
 
 // RawArray(typecode, n | sequence): a fixed-size array in shared memory, no lock.
@@ -142,6 +176,14 @@ public:
     T* begin() const noexcept { return data(); }
     T* end() const noexcept { return data() + size(); }
 
+    // Under spawn and forkserver, the segment's fd reaches the child (detail/reduction.hpp).
+    using reduced_type = detail::ReducedBlock;
+    reduced_type reduce(detail::PassedFds& fds) const { return storage_.reduce(fds); }
+    static RawArray rebuild(const reduced_type& r) { return RawArray(detail::SharedStorage<T>::rebuild(r)); }
+
+protected:
+    explicit RawArray(detail::SharedStorage<T> storage) : storage_(std::move(storage)) {}
+
 private:
     template <class R>
     static std::size_t count(R& items) {
@@ -175,6 +217,15 @@ public:
     Array(R&& items, L lock) : RawArray<T>(std::forward<R>(items)), Lock(std::move(lock)) {}
 
     const RawArray<T>& get_obj() const noexcept { return *this; }
+
+    using reduced_type = detail::ReducedSynchronized<L>;
+    reduced_type reduce(detail::PassedFds& fds) const {
+        return {RawArray<T>::reduce(fds), this->lock_handle().reduce(fds)};
+    }
+    static Array rebuild(const reduced_type& r) { return Array(RawArray<T>::rebuild(r.storage), L::rebuild(r.lock)); }
+
+private:
+    Array(RawArray<T> storage, L lock) : RawArray<T>(std::move(storage)), Lock(std::move(lock)) {}
 };
 
 // Context's factories (declared in context.hpp).

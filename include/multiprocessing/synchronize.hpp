@@ -7,6 +7,11 @@
 // is then held by the new owner as if the dead one had released it; whatever data the
 // lock protected may be half-updated, exactly as the dead process left it.
 //
+// Under spawn and forkserver, a lock (any of these) passed as a Process argument or a
+// pool initarg reaches the child as the same object: its segment's fd is passed along
+// (detail/reduction.hpp). A Barrier with an action cannot be passed so: the action is
+// code and state of this process.
+//
 // Who counts as the holder: for Lock and RLock, the thread that acquired (so a Lock
 // held by a thread that has since ended is taken over too, where Python's would stay
 // locked until someone released it); for a Semaphore, the process. Semaphore units a
@@ -78,8 +83,13 @@ public:
     // The calling thread holds it (Python's _is_mine, used by Condition).
     bool held_by_me() const noexcept { return state_->held_by_me(); }
 
+    using reduced_type = detail::ReducedBlock;
+    reduced_type reduce(detail::PassedFds& fds) const { return state_.reduce(fds); }
+    static Lock rebuild(const reduced_type& r) { return Lock(decltype(state_)::rebuild(r)); }
+
 private:
     friend class Condition;
+    explicit Lock(detail::SharedBlock<detail::OwnerLock> state) : state_(std::move(state)) {}
     detail::SharedBlock<detail::OwnerLock> state_;
 };
 
@@ -99,8 +109,13 @@ public:
 
     bool held_by_me() const noexcept { return state_->owner.held_by_me(); }
 
+    using reduced_type = detail::ReducedBlock;
+    reduced_type reduce(detail::PassedFds& fds) const { return state_.reduce(fds); }
+    static RLock rebuild(const reduced_type& r) { return RLock(decltype(state_)::rebuild(r)); }
+
 private:
     friend class Condition;
+    explicit RLock(detail::SharedBlock<detail::RecursiveLock> state) : state_(std::move(state)) {}
     detail::SharedBlock<detail::RecursiveLock> state_;
 };
 
@@ -122,9 +137,21 @@ public:
         return static_cast<int>(state_->value.load(std::memory_order_relaxed));
     }
 
+    using reduced_type = detail::ReducedBlock;
+    reduced_type reduce(detail::PassedFds& fds) const { return state_.reduce(fds); }
+    static Semaphore rebuild(const reduced_type& r) { return Semaphore(adopt(r)); }
+
 protected:
     Semaphore(int value, std::uint32_t bound, const char* what)
         : state_(make(value, bound == UINT32_MAX ? UINT32_MAX : static_cast<std::uint32_t>(value), what)) {}
+    explicit Semaphore(detail::SharedBlock<detail::CountingSemaphore> state) : state_(std::move(state)) {}
+    // A block from a spawned child's payload, registered so that this process's units are
+    // handled at its exit as in the creator.
+    static detail::SharedBlock<detail::CountingSemaphore> adopt(const reduced_type& r) {
+        auto block = detail::SharedBlock<detail::CountingSemaphore>::rebuild(r);
+        detail::SemaphoreRegistry::add(block.lifetime(), block.get());
+        return block;
+    }
 
 private:
     static detail::SharedBlock<detail::CountingSemaphore> make(int value, std::uint32_t bound, const char* what) {
@@ -141,6 +168,12 @@ private:
 class BoundedSemaphore : public Semaphore {
 public:
     explicit BoundedSemaphore(int value = 1) : Semaphore(value, 0, "BoundedSemaphore") {}
+
+    // The bound lives in the shared state, so the rebuilt handle keeps it.
+    static BoundedSemaphore rebuild(const reduced_type& r) { return BoundedSemaphore(adopt(r)); }
+
+private:
+    explicit BoundedSemaphore(detail::SharedBlock<detail::CountingSemaphore> state) : Semaphore(std::move(state)) {}
 };
 
 // A condition variable over a Lock or an RLock (its own RLock by default, as Python's).
@@ -183,7 +216,26 @@ public:
     }
     void notify_all() { notify(INT_MAX); }
 
+    struct reduced_type {
+        bool recursive;  // the lock is an RLock
+        detail::ReducedBlock lock;
+        detail::ReducedBlock state;
+    };
+    reduced_type reduce(detail::PassedFds& fds) const {
+        const bool recursive = std::holds_alternative<RLock>(lock_);
+        auto lock = std::visit([&](const auto& l) { return l.reduce(fds); }, lock_);
+        return {recursive, lock, state_.reduce(fds)};
+    }
+    static Condition rebuild(const reduced_type& r) {
+        auto state = decltype(state_)::rebuild(r.state);
+        if (r.recursive) return Condition(RLock::rebuild(r.lock), std::move(state));
+        return Condition(Lock::rebuild(r.lock), std::move(state));
+    }
+
 private:
+    template <class L>
+    Condition(L lock, detail::SharedBlock<detail::ConditionState> state)
+        : lock_(std::move(lock)), state_(std::move(state)) {}
     static detail::SharedBlock<detail::ConditionState> make_state() {
         return detail::SharedBlock<detail::ConditionState>::create(0, "mp-condition");
     }
@@ -231,7 +283,12 @@ public:
     bool wait() { return state_->wait(detail::Deadline{}); }
     bool wait(Timeout timeout) { return state_->wait(detail::Deadline(timeout)); }
 
+    using reduced_type = detail::ReducedBlock;
+    reduced_type reduce(detail::PassedFds& fds) const { return state_.reduce(fds); }
+    static Event rebuild(const reduced_type& r) { return Event(decltype(state_)::rebuild(r)); }
+
 private:
+    explicit Event(detail::SharedBlock<detail::EventState> state) : state_(std::move(state)) {}
     detail::SharedBlock<detail::EventState> state_;
 };
 
@@ -294,7 +351,31 @@ public:
         return state_->state == S::broken;
     }
 
+    // The action cannot cross (it is code and state of this process); the default
+    // timeout does.
+    struct reduced_type {
+        detail::ReducedBlock state;
+        bool has_timeout;
+        double timeout_seconds;
+    };
+    reduced_type reduce(detail::PassedFds& fds) const {
+        if (action_)
+            throw ValueError(
+                "Barrier: a barrier with an action cannot be passed to a process started by spawn or forkserver "
+                "(the action is code of this process); use the fork start method, or a barrier without an action "
+                "and run the action after wait() where it returns 0");
+        return {state_.reduce(fds), default_timeout_.has_value(),
+                default_timeout_ ? default_timeout_->count() : 0.0};
+    }
+    static Barrier rebuild(const reduced_type& r) {
+        std::optional<Timeout> timeout;
+        if (r.has_timeout) timeout = Timeout(r.timeout_seconds);
+        return Barrier(decltype(state_)::rebuild(r.state), timeout);
+    }
+
 private:
+    Barrier(detail::SharedBlock<detail::BarrierState> state, std::optional<Timeout> timeout)
+        : state_(std::move(state)), default_timeout_(timeout) {}
     using S = detail::BarrierState;
     struct Guard {
         explicit Guard(S& s) : s_(s) { s_.lock.acquire(detail::Deadline{}); }

@@ -220,12 +220,10 @@ F get_callable(ByteReader& r) {
 // A call that can be made in a spawned process: `runner` is a `void(ByteReader&)` that
 // decodes a callable and its arguments from `payload` and calls it; `fds` are passed to
 // the process along with it (the shared handles among the arguments, reduction.hpp).
-// When the call could not be encoded, `refusal` says why.
 struct PortableCall {
     code_address runner = 0;
     std::vector<std::byte> payload;
     PassedFds fds;
-    std::string refusal;
     explicit operator bool() const noexcept { return runner != 0; }
 };
 
@@ -236,27 +234,23 @@ void run_portable_call(ByteReader& in) {
     std::apply([&](auto&... a) { std::invoke(fn, a...); }, args);
 }
 
-// Encodes f(args...) for a spawned process, or says why it cannot be. `fds_ahead`: how
-// many fds the start path passes before the arguments' (see PassedFds).
+// Encodes f(args...) for a spawned process. `fds_ahead`: how many fds the start path
+// passes before the arguments' (see PassedFds). A handle whose reduce() refuses (a
+// Barrier with an action) throws ValueError from here, at start().
 template <class Fn, class... A>
 PortableCall make_portable_call(int fds_ahead, const Fn& fn, const A&... args) {
-    PortableCall call;
-    call.fds = PassedFds(fds_ahead);
-    if constexpr ((spawn_portable<A> && ...)) {
-        call.runner = address_of_code(&run_portable_call<Fn, A...>);
-        // Reduced once, before the two passes of encode_with (each reduce adds fds).
-        const std::tuple<decltype(portable_form(args, call.fds))...> forms{portable_form(args, call.fds)...};
-        call.payload = encode_with([&](ByteWriter& w) {
-            put_callable(w, fn);
-            std::apply([&](const auto&... form) { (put(w, form), ...); }, forms);
-        });
-    } else {
-        call.refusal =
-            "a Lock, Value, Array, SharedMemory, manager proxy or other shared handle cannot yet be passed to a "
-            "process started by the spawn or forkserver start method (a Queue, JoinableQueue, SimpleQueue or "
-            "Pipe end can); use the fork start method for this, or have the child create or connect to the "
-            "object itself (a Manager proxy's address, say)";
-    }
+    // Process and Pool admit only arguments that are transferable or shared handles
+    // (require_process_argument), and every shared handle has a reducer.
+    static_assert((spawn_portable<A> && ...),
+                  "multiprocessing: a shared handle type without reduce()/rebuild() (detail/reduction.hpp)");
+    PortableCall call{.fds = PassedFds(fds_ahead)};
+    call.runner = address_of_code(&run_portable_call<Fn, A...>);
+    // Reduced once, before the two passes of encode_with (each reduce adds fds).
+    const std::tuple<decltype(portable_form(args, call.fds))...> forms{portable_form(args, call.fds)...};
+    call.payload = encode_with([&](ByteWriter& w) {
+        put_callable(w, fn);
+        std::apply([&](const auto&... form) { (put(w, form), ...); }, forms);
+    });
     return call;
 }
 

@@ -62,6 +62,7 @@ public:
 
     const connection::Address& address() const noexcept { return address_; }
     const std::string& authkey() const noexcept { return authkey_; }
+    std::chrono::duration<double> connect_timeout() const noexcept { return connect_timeout_; }
 
     // One request and its reply, on this thread's connection. `read_result` (unless it
     // is nullptr) is called with the reply's body.
@@ -272,5 +273,60 @@ private:
     std::atomic<pid_t> attached_pid_;
     std::uint64_t forks_at_creation_;
 };
+
+// A proxy in the payload of a process started by spawn or forkserver: where its server
+// is, the key, and the object. The key travels as Python's does when it spawns: through
+// the bootstrap fd, which only the child can read.
+struct ProxyReference {
+    std::string host;
+    std::uint16_t port = 0;
+    std::string unix_path;
+    std::string authkey;
+    std::uint64_t id = 0;
+    double connect_timeout_seconds = 0;
+
+    template <class Archive>
+    void serialize(Archive& archive) {
+        archive(host, port, unix_path, authkey, id, connect_timeout_seconds);
+    }
+};
+
+inline ProxyReference reference_to(const ProxyState& state) {
+    const ClientCore& client = state.client();
+    return {client.address().host, client.address().port, client.address().unix_path,
+            client.authkey(),      state.id(),            client.connect_timeout().count()};
+}
+
+// In the child: a proxy state holding a reference of its own on the object (taken here,
+// given back when the last copy goes). Proxies to one server share one client, as the
+// proxies a manager hands out do.
+inline std::shared_ptr<ProxyState> rebuild_proxy_state(const ProxyReference& r) {
+    static std::mutex mutex;
+    static std::vector<std::weak_ptr<ClientCore>> clients;
+    std::shared_ptr<ClientCore> client;
+    {
+        std::lock_guard lock(mutex);
+        std::erase_if(clients, [](const auto& c) { return c.expired(); });
+        for (const auto& weak : clients) {
+            auto c = weak.lock();
+            const auto& a = c->address();
+            if (a.host == r.host && a.port == r.port && a.unix_path == r.unix_path && c->authkey() == r.authkey) {
+                client = std::move(c);
+                break;
+            }
+        }
+        if (!client) {
+            connection::Address address;
+            address.host = r.host;
+            address.port = r.port;
+            address.unix_path = r.unix_path;
+            client = std::make_shared<ClientCore>(std::move(address), r.authkey,
+                                                  std::chrono::duration<double>(r.connect_timeout_seconds));
+            clients.push_back(client);
+        }
+    }
+    client->request(Op::incref, r.id, {}, nullptr);
+    return std::make_shared<ProxyState>(std::move(client), r.id);
+}
 
 }  // namespace multiprocessing::detail::manager

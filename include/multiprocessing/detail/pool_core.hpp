@@ -131,9 +131,6 @@ public:
             throw ValueError("Pool: task_timeout needs worker processes: a thread running past it cannot be "
                              "stopped. Use multiprocessing's Pool for tasks that may have to be killed");
         if (options_.threads) options_.start_method = StartMethod::fork;  // nothing to start: no spawn paths
-        if (options_.start_method != StartMethod::fork && options_.initializer && !options_.portable_initializer)
-            throw ValueError("Pool: the initializer cannot reach a spawned worker: " +
-                             options_.portable_initializer.refusal);
         segment_ = SharedSegment::create(layout_.total(), "multiprocessing-pool");
         // Fork children inherit the mapping; nothing else needs the fd. Spawned workers
         // are given it, replacements included, so those pools keep it.

@@ -61,12 +61,14 @@ private:
     std::vector<UniqueFd> fds_;
 };
 
+// rebuild() gives the handle, or what the handle is constructed from (a manager proxy's
+// state, which every proxy type shares).
 template <class H>
 concept reducible_handle = requires(const H& handle, PassedFds& fds) {
     typename H::reduced_type;
     requires transferable<typename H::reduced_type>;
     { handle.reduce(fds) } -> std::same_as<typename H::reduced_type>;
-    { H::rebuild(std::declval<const typename H::reduced_type&>()) } -> std::same_as<H>;
+    requires std::constructible_from<H, decltype(H::rebuild(std::declval<const typename H::reduced_type&>()))>;
 };
 
 // What an argument is in a spawned process's payload: the reduced form of a handle that
@@ -82,7 +84,7 @@ decltype(auto) portable_form(const A& argument, PassedFds& fds) {
 template <class A>
 A rebuild_argument(ByteReader& in) {
     if constexpr (reducible_handle<A>)
-        return A::rebuild(get<typename A::reduced_type>(in));
+        return A(A::rebuild(get<typename A::reduced_type>(in)));
     else
         return get<A>(in);
 }

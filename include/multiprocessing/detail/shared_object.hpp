@@ -8,8 +8,10 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdio>
+#include <cstdint>
 #include <memory>
 #include <new>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -18,6 +20,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "reduction.hpp"
 #include "shm.hpp"
 
 namespace multiprocessing::detail {
@@ -94,10 +97,17 @@ inline bool task_alive(pid_t id) noexcept {
 
 // ---- the shared block ---------------------------------------------------------------------
 
+// What a shared block is in a spawned child's payload: the number its fd will have there.
+struct ReducedBlock {
+    std::int32_t fd;
+};
+
 // One object of type T (plus `extra` trailing bytes) in its own anonymous segment.
 // Copies share it. The memory outlives every handle in every process that maps it and
-// is freed by the kernel with the last mapping, so a killed process leaks nothing; for
-// the same reason T's destructor never runs, which is why T must not need one.
+// is freed by the kernel with the last mapping and fd, so a killed process leaks
+// nothing; for the same reason T's destructor never runs, which is why T must not need
+// one. The segment's fd is kept while a handle here maps it: it is what a process
+// started by spawn or forkserver is given to map the same object (reduce/rebuild).
 template <class T>
 class SharedBlock {
     static_assert(std::is_trivially_destructible_v<T>,
@@ -109,11 +119,24 @@ public:
     template <class... Args>
     static SharedBlock create(std::size_t extra, const char* debug_name, Args&&... args) {
         auto segment = std::make_shared<SharedSegment>(SharedSegment::create(sizeof(T) + extra, debug_name));
-        // The fd is only needed to map the segment; forked children inherit the mapping,
-        // and holding one fd per lock would run programs with many locks out of fds.
-        segment->close_fd();
         SharedBlock b;
         b.object_ = ::new (segment->data()) T(std::forward<Args>(args)...);
+        b.segment_ = std::move(segment);
+        return b;
+    }
+
+    // For a process started by spawn or forkserver (detail/reduction.hpp).
+    ReducedBlock reduce(PassedFds& fds) const { return {fds.add(segment_->fd())}; }
+    // In that process: maps the block behind the fd it was given; the object is already
+    // constructed, by its creator.
+    static SharedBlock rebuild(const ReducedBlock& r) {
+        auto segment = std::make_shared<SharedSegment>(SharedSegment::adopt(r.fd));
+        if (segment->size() < sizeof(T))
+            throw ValueError("a shared object passed to this process has the wrong size (" +
+                             std::to_string(segment->size()) + " bytes, not at least " + std::to_string(sizeof(T)) +
+                             "): parent and child must be the same program");
+        SharedBlock b;
+        b.object_ = std::launder(reinterpret_cast<T*>(segment->data()));
         b.segment_ = std::move(segment);
         return b;
     }

@@ -2,6 +2,7 @@
 // is killed; the memory goes away with the last mapping and the last fd.
 #pragma once
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
@@ -11,6 +12,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +20,20 @@ namespace multiprocessing::detail {
 
 [[noreturn]] inline void throw_errno(const std::string& what) {
     throw std::system_error(errno, std::generic_category(), what);
+}
+
+// Every shared object keeps the fd of its segment (a spawned child is given it), so a
+// program with thousands of locks or values needs thousands of fds. The first time the
+// soft limit is hit, it is raised to the hard one (as Go and the JVM do at start); true
+// if it was raised and the call that failed is worth retrying.
+inline bool raise_fd_limit_once() noexcept {
+    static std::atomic<bool> tried{false};
+    // relaxed: at worst two threads both raise the limit to the same value.
+    if (tried.exchange(true, std::memory_order_relaxed)) return false;
+    struct rlimit limit;
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return false;
+    limit.rlim_cur = limit.rlim_max;
+    return ::setrlimit(RLIMIT_NOFILE, &limit) == 0;
 }
 
 // Owns an fd for as long as one piece of code needs it.
@@ -52,7 +68,8 @@ public:
     static SharedSegment create(std::size_t size, const char* debug_name) {
         SharedSegment s;
         s.fd_ = ::memfd_create(debug_name, MFD_CLOEXEC);
-        if (s.fd_ < 0) throw_errno("memfd_create");
+        if (s.fd_ < 0 && errno == EMFILE && raise_fd_limit_once()) s.fd_ = ::memfd_create(debug_name, MFD_CLOEXEC);
+        if (s.fd_ < 0) throw_errno("memfd_create (each shared object holds one fd; is the RLIMIT_NOFILE too low?)");
         if (::ftruncate(s.fd_, static_cast<off_t>(size)) != 0) throw_errno("ftruncate(shared segment)");
         s.map(size);
         return s;
