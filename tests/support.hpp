@@ -79,6 +79,22 @@ struct Pipe {
     }
 };
 
+// One end of such a pipe as a Process argument: a fork child inherits the fd; a child
+// started by spawn or forkserver is given it (the library's reduction, as for a Pipe
+// end), under whatever number it gets there. So the tests that report through raw pipes
+// run under every start method. Converts to the fd, for put_int() and the like.
+struct ChildFd {
+    static constexpr bool is_process_shared_handle = true;
+    int fd = -1;
+    operator int() const noexcept { return fd; }
+
+    struct reduced_type {
+        std::int32_t fd;
+    };
+    reduced_type reduce(multiprocessing::detail::PassedFds& fds) const { return {fds.add(fd)}; }
+    static ChildFd rebuild(const reduced_type& r) { return {r.fd}; }
+};
+
 // Writes all n bytes, retrying on EINTR and short writes. Plain POSIX, no Catch2 macro:
 // safe to call in a forked child.
 inline void put_bytes(int fd, const void* data, std::size_t n) {

@@ -5,9 +5,9 @@
 // producers and consumers lose and duplicate nothing, a process killed inside put() or
 // get() does not wedge the queue, and large items cross.
 //
-// Children are real processes; queues reach them as Process arguments. ctest runs this
-// program under each start method (tests/CMakeLists.txt); the tests tagged [fork] also
-// pass a Lock, Event or Value, which only fork can hand to a child so far. A child never runs a Catch2 macro: it reports through a queue, or
+// Children are real processes; queues (and the locks, events and values some tests also
+// pass) reach them as Process arguments. ctest runs this program under each start method
+// (tests/CMakeLists.txt). A child never runs a Catch2 macro: it reports through a queue, or
 // fails by throwing (exit code 1) or by _exit with a code of its own. Every child is a
 // daemon and is killed by the Kids guard if a failing test leaves it behind, so that a
 // failure is a failure and not a hang.
@@ -272,7 +272,7 @@ static_assert(!std::is_trivially_copyable_v<HugeItem>);
 // _TestQueue
 
 TEST_CASE("put: a bounded queue, Full from put_nowait, put(x, false) and put(x, timeout) (test_put)",
-          "[queue][fork]") {
+          "[queue]") {
     constexpr int MAXSIZE = 6;
     mp::Queue<int> queue(MAXSIZE);
     mp::Event child_can_start, parent_can_continue;
@@ -333,7 +333,7 @@ TEST_CASE("put: a bounded queue, Full from put_nowait, put(x, false) and put(x, 
     for (int i = 0; i < MAXSIZE; ++i) CHECK(queue.get_nowait() == i);
 }
 
-TEST_CASE("get: Empty from get_nowait, get(false) and get(timeout) (test_get)", "[queue][fork]") {
+TEST_CASE("get: Empty from get_nowait, get(false) and get(timeout) (test_get)", "[queue]") {
     mp::Queue<int> queue;
     mp::Event child_can_start, parent_can_continue;
     Kids kids;
@@ -565,7 +565,7 @@ TEST_CASE("close(): put and get on that handle throw ValueError (test_closed_que
     }
 }
 
-TEST_CASE("close(): another process still drains the queue", "[queue][fork]") {
+TEST_CASE("close(): another process still drains the queue", "[queue]") {
     mp::Queue<int> q, out;
     mp::Event go;
     Kids kids;
@@ -651,7 +651,7 @@ TEST_CASE("JoinableQueue: join() waits for task_done() from several consumers (t
 
 TEST_CASE("JoinableQueue: task_done() too often throws ValueError, join(timeout) is false while items are "
           "unfinished",
-          "[queue][joinable][fork]") {
+          "[queue][joinable]") {
     mp::JoinableQueue<int> jq;
     CHECK(jq.join(0s));  // nothing unfinished
     jq.join();
@@ -702,7 +702,7 @@ TEST_CASE("JoinableQueue: task_done() too often throws ValueError, join(timeout)
 // TestSimpleQueue
 
 TEST_CASE("SimpleQueue: empty() seen from a child and the parent (TestSimpleQueue.test_empty)",
-          "[queue][simple][fork]") {
+          "[queue][simple]") {
     mp::SimpleQueue<bool> queue;
     mp::Event child_can_start, parent_can_continue;
     Kids kids;
@@ -792,7 +792,7 @@ TEST_CASE("A process that puts and exits at once loses nothing", "[queue]") {
     }
 }
 
-TEST_CASE("Three producers and three consumers at once: nothing lost, nothing duplicated", "[queue][stress][fork]") {
+TEST_CASE("Three producers and three consumers at once: nothing lost, nothing duplicated", "[queue][stress]") {
     constexpr int producers = 3, consumers = 3, per_producer = 20000;
     constexpr long long total = static_cast<long long>(producers) * per_producer;
     mp::Queue<Tag> q;
@@ -815,7 +815,7 @@ TEST_CASE("Three producers and three consumers at once: nothing lost, nothing du
     CHECK(q.empty());
 }
 
-TEST_CASE("A bounded queue under several producers and consumers loses nothing", "[queue][stress][fork]") {
+TEST_CASE("A bounded queue under several producers and consumers loses nothing", "[queue][stress]") {
     constexpr int producers = 3, consumers = 2, per_producer = 5000;
     constexpr long long total = static_cast<long long>(producers) * per_producer;
     mp::Queue<Tag> q(16);

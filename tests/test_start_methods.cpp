@@ -170,7 +170,7 @@ TEST_CASE("A function from a shared library travels too (its offset in libc, not
     CHECK(pool.apply(libc_abs, -42) == 42);
 }
 
-TEST_CASE("A spawned initializer runs with its initargs, a Queue among them; a Barrier's action is refused",
+TEST_CASE("A spawned initializer runs with its initargs, a Queue among them, but a Barrier's action is refused",
           "[context][pool]") {
     const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
     CAPTURE(method);
