@@ -385,19 +385,32 @@ TEST_CASE("A SIGKILLed parent leaves no spawned or fork-server worker behind", "
 
 TEST_CASE("A program whose main() lacks freeze_support() gets a clear error, not a loop of workers",
           "[context][pool]") {
-    // tests/helpers/no_freeze_support.cpp: its spawned workers run its main() again, whose
-    // first Pool refuses to start; the pool in the real parent then gives up with a
-    // message naming freeze_support (it prints PARENT-OK when it saw that message).
-    std::FILE* out = ::popen("timeout 60 " MP_TEST_NO_FREEZE_SUPPORT " 2>&1", "r");
-    REQUIRE(out);
-    std::string text;
-    char buf[512];
-    while (std::fgets(buf, sizeof buf, out)) text += buf;
-    const int status = ::pclose(out);
-    INFO(text);
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
-    CHECK_THAT(text, Catch::Contains("PARENT-OK"));
+    // tests/helpers/no_freeze_support.cpp; the pool in the real parent gives up with a
+    // message naming freeze_support (the helper prints PARENT-OK when it saw that message).
+    const auto run = [](const char* program) {
+        std::FILE* out = ::popen(("timeout 60 " + std::string(program) + " 2>&1").c_str(), "r");
+        REQUIRE(out);
+        std::string text;
+        char buf[512];
+        while (std::fgets(buf, sizeof buf, out)) text += buf;
+        const int status = ::pclose(out);
+        CHECK(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 0);
+        return text;
+    };
+    SECTION("never called: the spawned workers stop before main() runs again") {
+        const std::string text = run(MP_TEST_NO_FREEZE_SUPPORT);
+        INFO(text);
+        CHECK_THAT(text, Catch::Contains("PARENT-OK"));
+        CHECK_THAT(text, Catch::Contains("never calls mp::freeze_support()"));
+        CHECK_THAT(text, !Catch::Contains("CHILD:"));  // no worker ran main()
+    }
+    SECTION("called too late: the workers' own Pool refuses, saying so") {
+        const std::string text = run(MP_TEST_LATE_FREEZE_SUPPORT);
+        INFO(text);
+        CHECK_THAT(text, Catch::Contains("PARENT-OK"));
+        CHECK_THAT(text, Catch::Contains("CHILD:") && Catch::Contains("freeze_support"));
+    }
 }
 
 TEST_CASE("A Context makes the shared objects too, as Python's context does", "[context]") {

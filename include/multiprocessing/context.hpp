@@ -225,8 +225,18 @@ inline Context get_context(std::optional<std::string> method = std::nullopt) {
 // Call first in main(), before anything else. In the main program it does nothing; in
 // a child started by the spawn start method (a fresh run of this program) it becomes
 // that child, a pool worker or a Process, and exits without returning, so main()'s own
-// code never runs there. A spawned child whose main() does not call it fails its first
-// Pool or Process with an error that says so.
-inline void freeze_support() { detail::take_over_if_spawned(); }
+// code never runs there.
+//
+// A program that never calls it is caught before main() runs a second time: each call
+// leaves a byte in a section of its own, and a spawned child of a program without that
+// section says so on stderr and exits 1 during static initialization
+// (detail::check_freeze_support_before_main). A template only so that the byte exists
+// where the call is, not wherever this header is included. A spawned child whose main()
+// calls it too late fails its first Pool or Process with an error that says so.
+template <class = void>
+inline void freeze_support() {
+    asm volatile(".pushsection multiprocessing_freeze_support_calls,\"a\",@progbits\n.byte 1\n.popsection");
+    detail::take_over_if_spawned();
+}
 
 }  // namespace multiprocessing

@@ -18,7 +18,9 @@
 #include <string>
 #include <vector>
 
+#include <dlfcn.h>
 #include <fcntl.h>
+#include <link.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/mman.h>
@@ -74,6 +76,43 @@ inline void require_takeover(const char* what) {
                            ": this process was started by the spawn or forkserver start method, but main() did "
                            "not call mp::freeze_support() before anything else; add it as main's first line");
 }
+
+// ---- a program that never calls freeze_support(), caught before main() ----------------
+
+// Defined by the linker when the program has the section freeze_support<>() writes to
+// (context.hpp), that is, when it calls freeze_support() anywhere; null otherwise.
+extern "C" {
+[[gnu::weak]] extern const char __start_multiprocessing_freeze_support_calls[];
+}
+
+// Whether `code` is in the main executable: a shared library that includes this header
+// has a section table of its own, where the call in main() does not show.
+inline bool in_main_executable(const void* code) noexcept {
+    Dl_info info;
+    link_map* module = nullptr;
+    if (::dladdr1(code, &info, reinterpret_cast<void**>(&module), RTLD_DL_LINKMAP) == 0 || !module) return false;
+    void* self = ::dlopen(nullptr, RTLD_LAZY | RTLD_NOLOAD);
+    link_map* main_program = nullptr;
+    const bool found = self && ::dlinfo(self, RTLD_DI_LINKMAP, &main_program) == 0;
+    if (self) ::dlclose(self);
+    return found && main_program == module;
+}
+
+// In a spawned child of a program that never calls freeze_support(), main() would run a
+// second time and do whatever the program does (start its own pool, say), so the child
+// stops here, in static initialization, and says why. Where the answer is not known (the
+// header is only in a shared library), the first Pool or Process still refuses.
+inline void check_freeze_support_before_main() noexcept {
+    if (!std::getenv(spawned_env)) return;
+    if (__start_multiprocessing_freeze_support_calls != nullptr) return;
+    if (!in_main_executable(reinterpret_cast<const void*>(&check_freeze_support_before_main))) return;
+    std::fprintf(stderr,
+                 "multiprocessing: this process was started by the spawn or forkserver start method, but the "
+                 "program never calls mp::freeze_support(), so it cannot become the child it was started as and "
+                 "would run main() a second time; add mp::freeze_support(); as the first line of main()\n");
+    ::_exit(1);
+}
+inline const bool freeze_support_checked_before_main = (check_freeze_support_before_main(), true);
 
 // The argv[0] the parent was started with, so a spawned child reads the same in `ps`.
 inline std::string own_argv0() {
