@@ -514,3 +514,60 @@ TEST_CASE("Value, Array, SharedMemory, ShareableList and manager proxies pass to
     shm.unlink();
     list.shm().unlink();
 }
+
+namespace {
+struct Tally {
+    long n = 0;
+    long add(long k) { return n += k; }
+};
+}  // namespace
+
+TEST_CASE("A manager's server starts by spawn and forkserver too, repeating the registrations",
+          "[context][manager]") {
+    const std::string method = GENERATE(values<std::string>({"spawn", "forkserver"}));
+    CAPTURE(method);
+    auto ctx = mp::get_context(method);
+    g_set_after_start = 17;  // a fork of this process would see it; a fresh server does not
+    struct Reset {
+        ~Reset() { g_set_after_start = 0; }
+    } reset;
+
+    {
+        auto manager = ctx.Manager();
+        auto numbers = manager.list<int>({1, 2});
+        numbers.append(3);
+        CHECK(numbers.get() == std::vector<int>{1, 2, 3});
+        auto words = manager.dict<std::string, int>({{"a", 1}});
+        words.set("b", 2);
+        CHECK(words.size() == 2);
+        REQUIRE(manager.server_pid().has_value());
+        CHECK(*manager.server_pid() != ::getpid());
+    }
+
+    mp::BaseManager base({.context = ctx});
+    base.register_("read_global", read_global);
+    base.register_("square", [](int x) { return x * x; });
+    base.register_("shared_queue", []() -> mp::Queue<int>& {
+        static mp::Queue<int> q;
+        return q;
+    });
+    base.start();
+    CHECK(base.call<int()>("read_global") == 0);  // the server is a fresh program
+    CHECK(base.call<int(int)>("square", 12) == 144);
+    auto q = base.get<mp::Queue<int>>("shared_queue");
+    q.put(5);
+    CHECK(base.get<mp::Queue<int>>("shared_queue").get() == 5);
+    base.shutdown();
+
+    // A class served through exposed<S>(...) has methods that cannot be repeated in a
+    // fresh process yet: refused with the way out.
+    mp::BaseManager with_class({.context = ctx});
+    with_class.register_("Tally", [] { return Tally{}; },
+                         mp::managers::exposed<Tally>(mp::managers::method("add", &Tally::add)));
+    try {
+        with_class.start();
+        FAIL("a manager with an exposed<S> class started under " + method);
+    } catch (const mp::ValueError& e) {
+        CHECK_THAT(e.what(), Catch::Contains("'Tally'") && Catch::Contains("get_context(\"fork\")"));
+    }
+}

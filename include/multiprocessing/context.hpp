@@ -209,6 +209,9 @@ public:
     auto Value(A&&... args) const;
     template <class T, class... A>
     auto Array(A&&... args) const;
+    // As mp::Manager(), its server started by this context's method (managers.hpp).
+    template <class... A>
+    auto Manager(A&&... args) const;
 
 private:
     std::string method_;

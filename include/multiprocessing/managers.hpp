@@ -30,6 +30,7 @@
 #include "connection.hpp"
 #include "detail/callable.hpp"
 #include "detail/deadline.hpp"
+#include "detail/forkserver.hpp"
 #include "detail/manager_client.hpp"
 #include "detail/manager_protocol.hpp"
 #include "detail/manager_server.hpp"
@@ -1336,12 +1337,18 @@ struct Builtin {
 struct ManagerOptions {
     // Where the server listens, or where to connect. Empty: a fresh abstract unix socket
     // (for a manager this program starts).
-    Address address;
+    Address address{};
     // The shared secret. Empty: a random one (for a manager this program starts; its
     // children inherit it).
-    std::string authkey;
+    std::string authkey{};
     // Connecting and the handshake give up after this long.
     Timeout connect_timeout = Timeout(20.0);
+    // How start() starts the server process (Python's ctx argument); unset: the start
+    // method in effect (set_start_method). Under spawn and forkserver the server is a
+    // fresh process that repeats this manager's registrations, so their callables must
+    // be function pointers or capture-free lambdas; a class registered with
+    // exposed<S>(...) needs fork.
+    std::optional<Context> context = {};
 };
 
 class BaseManager;
@@ -1400,6 +1407,7 @@ public:
         using traits = detail::callable_traits<std::decay_t<F>>;
         using R = typename traits::result;
         using S = typename detail::returned<R>::object;
+        note_registration(name, callable);
         if constexpr (has_builtin_proxy<S>) {
             register_object<S, R>(std::move(name), std::move(callable), detail::builtin_methods<S>(),
                                   served<S>::thread_safe, static_cast<typename traits::arguments*>(nullptr));
@@ -1417,6 +1425,7 @@ public:
         static_assert(std::is_same_v<typename detail::returned<R>::object, S>,
                       "register_(name, callable, exposed<S>(...)): the callable must return an S, an S& or a "
                       "std::shared_ptr<S>");
+        if (unportable_.empty()) unportable_ = "'" + name + "' (a class registered with exposed<S>(...))";
         register_object<S, R>(std::move(name), std::move(callable),
                               std::make_shared<const detail::method_list<S>>(exposed.methods()),
                               exposed.is_thread_safe(), static_cast<typename traits::arguments*>(nullptr));
@@ -1537,6 +1546,31 @@ protected:
     }
 
 private:
+    // What a server started by spawn or forkserver repeats: each register_(name, callable)
+    // as the address of a function that redoes it, and the name and callable encoded.
+    using Replay = void(BaseManager&, detail::ByteReader&);
+    template <class F>
+    void note_registration(const std::string& name, const F& callable) {
+        using Fn = std::decay_t<F>;
+        if constexpr (detail::transferable_callable<Fn>) {
+            replays_.push_back(detail::address_of_code(&replay_registration<Fn>));
+            replay_payloads_.push_back(detail::encode_with([&](detail::ByteWriter& w) {
+                detail::put(w, name);
+                detail::put_callable(w, callable);
+            }));
+        } else if (unportable_.empty()) {
+            unportable_ = "'" + name + "' (its callable is not a function pointer or a capture-free lambda)";
+        }
+    }
+    template <class Fn>
+    static void replay_registration(BaseManager& manager, detail::ByteReader& in) {
+        auto name = detail::get<std::string>(in);
+        manager.register_(std::move(name), detail::get_callable<Fn>(in));
+    }
+    static int spawned_server_main(detail::ByteReader& in);
+    static int serve_in_child(const std::shared_ptr<detail::ServerCore>& core, const Address& where,
+                              const std::string& key, pid_t owner, int ready_fd, bool close_inherited, bool forked);
+
     template <class S, class R, class F, class... A>
     void register_object(std::string name, F callable, std::shared_ptr<const detail::method_list<S>> methods,
                          bool thread_safe, std::tuple<A...>*) {
@@ -1621,6 +1655,9 @@ private:
         server_ = std::move(other.server_);
         client_ = std::move(other.client_);
         server_process_ = std::move(other.server_process_);
+        replays_ = std::move(other.replays_);
+        replay_payloads_ = std::move(other.replay_payloads_);
+        unportable_ = std::move(other.unportable_);
         started_ = std::exchange(other.started_, false);
         owner_ = std::exchange(other.owner_, 0);
     }
@@ -1632,6 +1669,9 @@ private:
     std::unique_ptr<Server> server_;
     std::shared_ptr<detail::ClientCore> client_;
     std::shared_ptr<detail::ChildRecord> server_process_;
+    std::vector<detail::code_address> replays_;
+    std::vector<std::vector<std::byte>> replay_payloads_;
+    std::string unportable_;  // the first registration a fresh server cannot repeat
     bool started_ = false;
     pid_t owner_ = 0;
 };
@@ -1663,7 +1703,62 @@ inline void write_all(int fd, const std::string& s) noexcept {
 
 }  // namespace detail
 
+// In the server process, however it was started: listens, tells the owner where (or
+// why it could not) through `ready_fd`, and serves until shut down or the owner is gone.
+inline int BaseManager::serve_in_child(const std::shared_ptr<detail::ServerCore>& core, const Address& where,
+                                       const std::string& key, pid_t owner, int ready_fd, bool close_inherited,
+                                       bool forked) {
+    // The server ends when its owner does, however the owner ends.
+    const int owner_fd = detail::pidfd_open(owner);
+    if (owner_fd < 0) {
+        if (forked) ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // kernels before 5.3: the next best
+        if (forked ? ::getppid() != owner : ::kill(owner, 0) != 0) return 1;
+    }
+    std::optional<detail::net::ListeningSocket> listener;
+    try {
+        listener.emplace(where);
+    } catch (const std::exception& e) {
+        detail::write_all(ready_fd, std::string("E") + e.what());
+        return 1;
+    }
+    if (close_inherited) detail::close_fds_except({0, 1, 2, ready_fd, owner_fd, listener->fd()});  // owner_fd may be -1: ignored
+    const Address bound = listener->address();
+    std::vector<std::byte> bytes(detail::encoded_size(bound));
+    detail::ByteWriter w(bytes.data());
+    detail::put(w, bound);
+    detail::write_all(ready_fd, "A" + std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+    ::close(ready_fd);
+    detail::ServerLoop loop(core, std::move(*listener), key);
+    loop.serve_forever(owner_fd);
+    return 0;
+}
+
+// A server started by spawn or forkserver: a fresh process that rebuilds the manager
+// from its registrations, then serves as a forked one does. Its ready pipe is its first
+// passed fd.
+inline int BaseManager::spawned_server_main(detail::ByteReader& in) {
+    const bool builtins = detail::get<bool>(in);
+    const auto where = detail::get<Address>(in);
+    const auto key = detail::get<std::string>(in);
+    const pid_t owner = detail::get<std::int32_t>(in);
+    const auto replays = detail::get<std::vector<detail::code_address>>(in);
+    const auto payloads = detail::get<std::vector<std::vector<std::byte>>>(in);
+    BaseManager manager(ManagerOptions{}, builtins);
+    for (std::size_t i = 0; i < replays.size(); ++i) {
+        detail::ByteReader registration(payloads.at(i));
+        detail::code_at<Replay>(replays[i])(manager, registration);
+    }
+    return serve_in_child(manager.core_, where, key, owner, detail::first_passed_fd, builtins, false);
+}
+
 inline void BaseManager::start_server_process() {
+    const auto method = detail::parse_start_method(options_.context ? options_.context->get_start_method()
+                                                                    : get_start_method());
+    if (method != detail::StartMethod::fork && !unportable_.empty())
+        throw ValueError("BaseManager.start: a server started by the '" + detail::start_method_name(method) +
+                         "' start method is a fresh process that must repeat every registration, and " +
+                         unportable_ + " cannot be repeated there; use a function pointer or a capture-free "
+                         "lambda, or ManagerOptions{.context = mp::get_context(\"fork\")}");
     const Address where = listen_address();
     const std::string key = authkey_for_server();
     int ready[2];
@@ -1671,42 +1766,29 @@ inline void BaseManager::start_server_process() {
     const pid_t owner = detail::current_pid();
     const bool close_inherited = serve_builtins_;
     const std::string name = serve_builtins_ ? "SyncManager" : "BaseManager";
-    pid_t pid;
+    const detail::ForkOptions fork_options{
+        .name = name + "-" + detail::identity_suffix(detail::next_child_identity()), .daemon = true, .identity = {}};
     try {
-        pid = detail::fork_child({.name = name + "-" + detail::identity_suffix(detail::next_child_identity()),
-                                  .daemon = true,
-                                  .identity = {}},
-                                 [&]() -> int {
-            ::close(ready[0]);
-            // The server ends when its owner does, however the owner ends.
-            const int owner_fd = detail::pidfd_open(owner);
-            if (owner_fd < 0) ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // kernels before 5.3: the next best
-            if (::getppid() != owner) return 1;
-            std::optional<detail::net::ListeningSocket> listener;
-            try {
-                listener.emplace(where);
-            } catch (const std::exception& e) {
-                detail::write_all(ready[1], std::string("E") + e.what());
-                return 1;
-            }
-            if (close_inherited) detail::close_fds_except({0, 1, 2, ready[1], owner_fd, listener->fd()});  // owner_fd may be -1: ignored
-            const Address bound = listener->address();
-            std::vector<std::byte> bytes(detail::encoded_size(bound));
-            detail::ByteWriter w(bytes.data());
-            detail::put(w, bound);
-            detail::write_all(ready[1], "A" + std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
-            ::close(ready[1]);
-            detail::ServerLoop loop(core_, std::move(*listener), key);
-            loop.serve_forever(owner_fd);
-            return 0;
-        });
+        if (method == detail::StartMethod::fork) {
+            const pid_t pid = detail::fork_child(fork_options, [&]() -> int {
+                ::close(ready[0]);
+                return serve_in_child(core_, where, key, owner, ready[1], close_inherited, true);
+            });
+            server_process_ = std::make_shared<detail::ChildRecord>(pid, name, true);
+        } else {
+            const auto payload = detail::encode_values(serve_builtins_, where, key, static_cast<std::int32_t>(owner),
+                                                       replays_, replay_payloads_);
+            const int fds[] = {ready[1]};
+            const auto child = detail::start_fresh_child(method, fork_options,
+                                                         detail::address_of_code(&spawned_server_main), payload, fds);
+            server_process_ = std::make_shared<detail::ChildRecord>(child.pid, name, true, child.status_fd);
+        }
     } catch (...) {
         ::close(ready[0]);
         ::close(ready[1]);
         throw;
     }
     ::close(ready[1]);
-    server_process_ = std::make_shared<detail::ChildRecord>(pid, name, true);
     // The child writes its bound address (or why it could not bind) and closes the pipe.
     std::string message;
     const detail::Deadline deadline(options_.connect_timeout);
@@ -1806,6 +1888,14 @@ inline managers::SyncManager Manager(managers::ManagerOptions options = {}) {
     managers::SyncManager manager(std::move(options));
     manager.start();
     return manager;
+}
+
+// Context's factory (declared in context.hpp): ctx.Manager() starts its server by ctx's method.
+template <class... A>
+auto Context::Manager(A&&... args) const {
+    managers::ManagerOptions options(std::forward<A>(args)...);
+    options.context = *this;
+    return multiprocessing::Manager(std::move(options));
 }
 
 }  // namespace multiprocessing

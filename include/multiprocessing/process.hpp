@@ -81,15 +81,11 @@ public:
                                  "process's memory, which a fresh process does not share; give it a target "
                                  "function, or use fork");
             const auto payload = detail::encode_values(call.runner, call.payload);
-            const auto entry = detail::address_of_code(&spawned_main);
             const auto fds = call.fds.numbers();  // the handles among the arguments
-            if (method == detail::StartMethod::spawn) {
-                pid = detail::spawn_child(options, entry, payload, fds);
-            } else {
-                auto served = detail::ForkServerClient::instance().start_child(options, entry, payload, fds);
-                pid = served.pid;
-                status_fd = served.status.release();
-            }
+            const auto child =
+                detail::start_fresh_child(method, options, detail::address_of_code(&spawned_main), payload, fds);
+            pid = child.pid;
+            status_fd = child.status_fd;
         }
         child_ = std::make_shared<detail::ChildRecord>(pid, name_, daemon_, status_fd);
         detail::register_child(child_);

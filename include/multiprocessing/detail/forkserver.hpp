@@ -200,8 +200,10 @@ public:
                             std::span<const int> fds = {}) {
         if (fds.size() + 2 > forkserver_max_fds)
             throw ValueError("multiprocessing: a process started by the forkserver method can be given at most " +
-                             std::to_string(forkserver_max_fds - 2) + " Queues and Pipe ends (" +
-                             std::to_string(fds.size()) + " here); pass fewer, or use spawn");
+                             std::to_string(forkserver_max_fds - 2) +
+                             " fds of shared handles (one per queue, Pipe end, lock, event or Value; two for a "
+                             "Condition, Value or Array with its lock) and " + std::to_string(fds.size()) +
+                             " were given; pass fewer, or use spawn");
         UniqueFd boot = write_bootstrap(options, entry, payload);
         int status_pipe[2];
         if (::pipe2(status_pipe, O_CLOEXEC) != 0) throw_errno("pipe2(exit status)");
@@ -244,5 +246,21 @@ private:
     std::mutex mutex_;
     UniqueFd socket_;
 };
+
+// A child started by spawn or by the fork server: its pid, and the fd its exit status
+// arrives on when it is the fork server's child rather than this process's (else -1).
+struct FreshChild {
+    pid_t pid;
+    int status_fd;
+};
+
+// Starts a fresh process (spawn) or a fork of the clean server (forkserver) that runs
+// `entry` with `payload`, given `fds` (from first_passed_fd on).
+inline FreshChild start_fresh_child(StartMethod method, const ForkOptions& options, code_address entry,
+                                    std::span<const std::byte> payload, std::span<const int> fds) {
+    if (method == StartMethod::spawn) return {spawn_child(options, entry, payload, fds), -1};
+    auto served = ForkServerClient::instance().start_child(options, entry, payload, fds);
+    return {served.pid, served.status.release()};
+}
 
 }  // namespace multiprocessing::detail

@@ -388,15 +388,10 @@ private:
                                            options_.portable_initializer.payload);
         std::vector<int> fds{segment_.fd()};  // then the initializer's handles (see core_options)
         for (int fd : options_.portable_initializer.fds.numbers()) fds.push_back(fd);
-        const auto entry = address_of_code(&spawned_worker_main);
-        if (options_.start_method == StartMethod::spawn) {
-            w.pid = spawn_child(fo, entry, payload, fds);
-            w.child = std::make_unique<ChildRecord>(w.pid, fo.name, true);
-        } else {
-            auto served = ForkServerClient::instance().start_child(fo, entry, payload, fds);
-            w.pid = served.pid;
-            w.child = std::make_unique<ChildRecord>(w.pid, fo.name, true, served.status.release());
-        }
+        const auto child =
+            start_fresh_child(options_.start_method, fo, address_of_code(&spawned_worker_main), payload, fds);
+        w.pid = child.pid;
+        w.child = std::make_unique<ChildRecord>(child.pid, fo.name, true, child.status_fd);
         get_logger().debug("added worker {} (pid {})", fo.name, w.pid);
     }
 
