@@ -518,7 +518,9 @@ TEST_CASE("Value, Array, SharedMemory, ShareableList and manager proxies pass to
 namespace {
 struct Tally {
     long n = 0;
+    virtual ~Tally() = default;
     long add(long k) { return n += k; }
+    virtual long twice() { return n *= 2; }
 };
 }  // namespace
 
@@ -559,15 +561,28 @@ TEST_CASE("A manager's server starts by spawn and forkserver too, repeating the 
     CHECK(base.get<mp::Queue<int>>("shared_queue").get() == 5);
     base.shutdown();
 
-    // A class served through exposed<S>(...) has methods that cannot be repeated in a
-    // fresh process yet: refused with the way out.
+    // A class of the user's, its methods exposed as member function pointers (one
+    // virtual) and a lambda: made again in the fresh server.
     mp::BaseManager with_class({.context = ctx});
     with_class.register_("Tally", [] { return Tally{}; },
-                         mp::managers::exposed<Tally>(mp::managers::method("add", &Tally::add)));
+                         mp::managers::exposed<Tally>(mp::managers::method("add", &Tally::add),
+                                                      mp::managers::method("twice", &Tally::twice),
+                                                      mp::managers::method("get", [](Tally& t) { return t.n; })));
+    with_class.start();
+    auto tally = with_class.get<Tally>("Tally");
+    CHECK(tally.call<long>("add", 5L) == 5);
+    CHECK(tally.call<long>("twice") == 10);
+    CHECK(tally.call<long>("get") == 10);
+    with_class.shutdown();
+
+    // A callable holding heap memory cannot be repeated in a fresh process: refused at
+    // start(), with the way out.
+    mp::BaseManager with_state({.context = ctx});
+    with_state.register_("greeting", [s = std::string("hi")] { return s; });
     try {
-        with_class.start();
-        FAIL("a manager with an exposed<S> class started under " + method);
+        with_state.start();
+        FAIL("a manager with a std::string-capturing callable started under " + method);
     } catch (const mp::ValueError& e) {
-        CHECK_THAT(e.what(), Catch::Contains("'Tally'") && Catch::Contains("get_context(\"fork\")"));
+        CHECK_THAT(e.what(), Catch::Contains("'greeting'") && Catch::Contains("get_context(\"fork\")"));
     }
 }

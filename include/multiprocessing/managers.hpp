@@ -1216,14 +1216,66 @@ public:
     const std::vector<detail::Method<S>>& methods() const noexcept { return methods_; }
     bool is_thread_safe() const noexcept { return thread_safe_; }
 
+    // How a server started by spawn or forkserver makes these methods again: the address
+    // of a function that decodes them from `encoded` (0 when one cannot travel).
+    struct Portable {
+        detail::code_address rebuild = 0;
+        std::vector<std::byte> encoded;
+    };
+    const Portable& portable() const noexcept { return portable_; }
+    void set_portable(Portable p) { portable_ = std::move(p); }
+
 private:
     std::vector<detail::Method<S>> methods_;
     bool thread_safe_ = false;
+    Portable portable_;
 };
+
+namespace detail {
+
+// A method that can be made again in a fresh process: a member function pointer, or a
+// callable that travels as a task's does.
+template <class F>
+concept portable_method = std::is_member_function_pointer_v<F> || transferable_callable<F>;
+
+template <class F>
+void put_method(ByteWriter& w, const F& fn) {
+    if constexpr (std::is_member_function_pointer_v<F>)
+        put_member_function(w, fn);
+    else
+        put_callable(w, fn);
+}
+template <class F>
+F get_method(ByteReader& r) {
+    if constexpr (std::is_member_function_pointer_v<F>)
+        return get_member_function<F>(r);
+    else
+        return get_callable<F>(r);
+}
+
+template <class S, class... F>
+Exposed<S> rebuild_exposed(ByteReader& in) {
+    // Braced: each name is read before its method, left to right.
+    return Exposed<S>(std::vector<Method<S>>{[&] {
+        auto name = get<std::string>(in);
+        return method_of<S>(std::move(name), get_method<F>(in));
+    }()...});
+}
+
+}  // namespace detail
 
 template <class S, class... F>
 Exposed<S> exposed(NamedMethod<F>... methods) {
-    return Exposed<S>(std::vector<detail::Method<S>>{detail::method_of<S>(std::move(methods.name), methods.fn)...});
+    typename Exposed<S>::Portable portable;
+    if constexpr ((detail::portable_method<F> && ...)) {
+        portable.rebuild = detail::address_of_code(&detail::rebuild_exposed<S, F...>);
+        portable.encoded = detail::encode_with([&](detail::ByteWriter& w) {
+            ((detail::put(w, methods.name), detail::put_method(w, methods.fn)), ...);
+        });
+    }
+    Exposed<S> result(std::vector<detail::Method<S>>{detail::method_of<S>(std::move(methods.name), methods.fn)...});
+    result.set_portable(std::move(portable));
+    return result;
 }
 
 namespace detail {
@@ -1345,9 +1397,9 @@ struct ManagerOptions {
     Timeout connect_timeout = Timeout(20.0);
     // How start() starts the server process (Python's ctx argument); unset: the start
     // method in effect (set_start_method). Under spawn and forkserver the server is a
-    // fresh process that repeats this manager's registrations, so their callables must
-    // be function pointers or capture-free lambdas; a class registered with
-    // exposed<S>(...) needs fork.
+    // fresh process that repeats this manager's registrations, so their callables (and
+    // exposed methods) must travel as a task's do: function pointers, member function
+    // pointers, lambdas with trivially copyable captures.
     std::optional<Context> context = {};
 };
 
@@ -1425,7 +1477,7 @@ public:
         static_assert(std::is_same_v<typename detail::returned<R>::object, S>,
                       "register_(name, callable, exposed<S>(...)): the callable must return an S, an S& or a "
                       "std::shared_ptr<S>");
-        if (unportable_.empty()) unportable_ = "'" + name + "' (a class registered with exposed<S>(...))";
+        note_registration(name, callable, exposed);
         register_object<S, R>(std::move(name), std::move(callable),
                               std::make_shared<const detail::method_list<S>>(exposed.methods()),
                               exposed.is_thread_safe(), static_cast<typename traits::arguments*>(nullptr));
@@ -1562,10 +1614,42 @@ private:
             unportable_ = "'" + name + "' (its callable is not a function pointer or a capture-free lambda)";
         }
     }
+    template <class F, class S>
+    void note_registration(const std::string& name, const F& callable, const Exposed<S>& exposed) {
+        using Fn = std::decay_t<F>;
+        if constexpr (detail::transferable_callable<Fn>) {
+            if (exposed.portable().rebuild != 0) {
+                replays_.push_back(detail::address_of_code(&replay_exposed_registration<Fn, S>));
+                replay_payloads_.push_back(detail::encode_with([&](detail::ByteWriter& w) {
+                    detail::put(w, name);
+                    detail::put_callable(w, callable);
+                    detail::put(w, exposed.is_thread_safe());
+                    detail::put(w, exposed.portable().rebuild);
+                    detail::put(w, exposed.portable().encoded);
+                }));
+                return;
+            }
+        }
+        if (unportable_.empty())
+            unportable_ = "'" + name + "' (its callable or one of its exposed methods is not a member function "
+                          "pointer, a function pointer or a capture-free lambda)";
+    }
     template <class Fn>
     static void replay_registration(BaseManager& manager, detail::ByteReader& in) {
         auto name = detail::get<std::string>(in);
         manager.register_(std::move(name), detail::get_callable<Fn>(in));
+    }
+    template <class Fn, class S>
+    static void replay_exposed_registration(BaseManager& manager, detail::ByteReader& in) {
+        auto name = detail::get<std::string>(in);
+        auto callable = detail::get_callable<Fn>(in);
+        const bool thread_safe = detail::get<bool>(in);
+        const auto rebuild = detail::get<detail::code_address>(in);
+        const auto encoded = detail::get<std::vector<std::byte>>(in);
+        detail::ByteReader methods(encoded);
+        auto exposed = detail::code_at<Exposed<S>(detail::ByteReader&)>(rebuild)(methods);
+        exposed.thread_safe(thread_safe);
+        manager.register_(std::move(name), std::move(callable), std::move(exposed));
     }
     static int spawned_server_main(detail::ByteReader& in);
     static int serve_in_child(const std::shared_ptr<detail::ServerCore>& core, const Address& where,

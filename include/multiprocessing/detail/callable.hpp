@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <functional>
@@ -181,6 +182,45 @@ code_address address_of_code(Fn* fn) {
 template <class Fn>
 Fn* code_at(code_address address) {
     return reinterpret_cast<Fn*>(code_image::decode(address));
+}
+
+// A member function pointer, as it travels (a manager's exposed methods): the Itanium
+// C++ ABI's {ptr, adj}. A non-virtual ptr is a code address, so it travels as a
+// code_address; a virtual one is an offset into the vtable, the same in every process of
+// the program. The "virtual" flag is ptr's low bit on x86-64, adj's on ARM (where code
+// addresses can be odd).
+struct MemberFunctionBits {
+    std::uintptr_t ptr;
+    std::ptrdiff_t adj;
+};
+inline bool member_function_is_virtual(const MemberFunctionBits& bits) noexcept {
+#if defined(__aarch64__) || defined(__arm__)
+    return (bits.adj & 1) != 0;
+#else
+    return (bits.ptr & 1) != 0;
+#endif
+}
+template <class M>
+    requires std::is_member_function_pointer_v<M>
+void put_member_function(ByteWriter& w, M m) {
+    static_assert(sizeof(M) == sizeof(MemberFunctionBits), "a member function pointer of an unexpected layout");
+    MemberFunctionBits bits;
+    std::memcpy(&bits, &m, sizeof bits);
+    const bool is_virtual = member_function_is_virtual(bits);
+    put(w, is_virtual);
+    put(w, is_virtual ? std::uint64_t(bits.ptr) : address_of_code(reinterpret_cast<void (*)()>(bits.ptr)));
+    put(w, static_cast<std::int64_t>(bits.adj));
+}
+template <class M>
+    requires std::is_member_function_pointer_v<M>
+M get_member_function(ByteReader& r) {
+    const bool is_virtual = get<bool>(r);
+    const auto where = get<std::uint64_t>(r);
+    MemberFunctionBits bits{is_virtual ? std::uintptr_t(where) : reinterpret_cast<std::uintptr_t>(code_at<void()>(where)),
+                            static_cast<std::ptrdiff_t>(get<std::int64_t>(r))};
+    M m;
+    std::memcpy(&m, &bits, sizeof m);
+    return m;
 }
 
 // Writes a callable into a task.
