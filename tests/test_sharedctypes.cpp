@@ -7,6 +7,8 @@
 // throwing (CHILD_REQUIRE): its exit code is then 1. No Catch2 macro runs in a child.
 #include <catch2/catch.hpp>
 
+#include <sys/resource.h>
+
 #include <multiprocessing.hpp>
 
 #include <algorithm>
@@ -433,5 +435,31 @@ TEST_CASE("Array: get_lock(), a given lock, and 4 processes updating under it", 
         std::lock_guard g(s.get_lock());  // one lock for the three
         CHECK_FALSE(pts.get_lock().try_lock());
         CHECK_FALSE(r.get_lock().try_lock());
+    }
+}
+
+TEST_CASE("Each shared value keeps one fd; at the soft fd limit it is raised, not hit", "[sharedctypes][fds]") {
+    struct rlimit original {};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &original) == 0);
+    if (original.rlim_max != RLIM_INFINITY && original.rlim_max < 1024) {
+        WARN("the hard fd limit is " << original.rlim_max << ": too low to test raising the soft one");
+        return;
+    }
+    struct rlimit low = original;
+    low.rlim_cur = 256;
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    struct Restore {
+        struct rlimit limit;
+        ~Restore() { ::setrlimit(RLIMIT_NOFILE, &limit); }
+    } restore{original};
+    {
+        std::vector<mp::RawValue<int>> values;
+        for (int i = 0; i < 400; ++i) values.emplace_back(i);  // more than 256 fds
+        int sum = 0;
+        for (const auto& v : values) sum += v.value();
+        CHECK(sum == 399 * 400 / 2);
+        struct rlimit now {};
+        REQUIRE(::getrlimit(RLIMIT_NOFILE, &now) == 0);
+        CHECK(now.rlim_cur == original.rlim_max);
     }
 }

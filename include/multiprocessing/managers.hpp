@@ -1610,9 +1610,14 @@ private:
                 detail::put(w, name);
                 detail::put_callable(w, callable);
             }));
-        } else if (unportable_.empty()) {
-            unportable_ = "'" + name + "' (its callable is not a function pointer or a capture-free lambda)";
+        } else {
+            note_unportable(name);
         }
+    }
+    void note_unportable(const std::string& name) {
+        if (unportable_.empty())
+            unportable_ = "'" + name + "' (its callable or an exposed method is not a function or member function "
+                          "pointer, a lambda with trivially copyable captures or a serializable function object)";
     }
     template <class F, class S>
     void note_registration(const std::string& name, const F& callable, const Exposed<S>& exposed) {
@@ -1630,9 +1635,7 @@ private:
                 return;
             }
         }
-        if (unportable_.empty())
-            unportable_ = "'" + name + "' (its callable or one of its exposed methods is not a member function "
-                          "pointer, a function pointer or a capture-free lambda)";
+        note_unportable(name);
     }
     template <class Fn>
     static void replay_registration(BaseManager& manager, detail::ByteReader& in) {
@@ -1841,8 +1844,8 @@ inline void BaseManager::start_server_process() {
     if (method != detail::StartMethod::fork && !unportable_.empty())
         throw ValueError("BaseManager.start: a server started by the '" + detail::start_method_name(method) +
                          "' start method is a fresh process that must repeat every registration, and " +
-                         unportable_ + " cannot be repeated there; use a function pointer or a capture-free "
-                         "lambda, or ManagerOptions{.context = mp::get_context(\"fork\")}");
+                         unportable_ + " cannot be repeated there; register one that can travel, or use "
+                         "ManagerOptions{.context = mp::get_context(\"fork\")}");
     const Address where = listen_address();
     const std::string key = authkey_for_server();
     int ready[2];
