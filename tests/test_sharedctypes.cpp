@@ -438,7 +438,7 @@ TEST_CASE("Array: get_lock(), a given lock, and 4 processes updating under it", 
     }
 }
 
-TEST_CASE("Each shared value keeps one fd; at the soft fd limit it is raised, not hit", "[sharedctypes][fds]") {
+TEST_CASE("Each shared value keeps one fd, and at the soft fd limit that limit is raised, not hit", "[sharedctypes][fds]") {
     struct rlimit original {};
     REQUIRE(::getrlimit(RLIMIT_NOFILE, &original) == 0);
     if (original.rlim_max != RLIM_INFINITY && original.rlim_max < 1024) {
