@@ -278,23 +278,20 @@ private:
 // is, the key, and the object. The key travels as Python's does when it spawns: through
 // the bootstrap fd, which only the child can read.
 struct ProxyReference {
-    std::string host;
-    std::uint16_t port = 0;
-    std::string unix_path;
+    connection::Address address;
     std::string authkey;
     std::uint64_t id = 0;
     double connect_timeout_seconds = 0;
 
     template <class Archive>
     void serialize(Archive& archive) {
-        archive(host, port, unix_path, authkey, id, connect_timeout_seconds);
+        archive(address, authkey, id, connect_timeout_seconds);
     }
 };
 
 inline ProxyReference reference_to(const ProxyState& state) {
     const ClientCore& client = state.client();
-    return {client.address().host, client.address().port, client.address().unix_path,
-            client.authkey(),      state.id(),            client.connect_timeout().count()};
+    return {client.address(), client.authkey(), state.id(), client.connect_timeout().count()};
 }
 
 // In the child: a proxy state holding a reference of its own on the object (taken here,
@@ -309,18 +306,13 @@ inline std::shared_ptr<ProxyState> rebuild_proxy_state(const ProxyReference& r) 
         std::erase_if(clients, [](const auto& c) { return c.expired(); });
         for (const auto& weak : clients) {
             auto c = weak.lock();
-            const auto& a = c->address();
-            if (a.host == r.host && a.port == r.port && a.unix_path == r.unix_path && c->authkey() == r.authkey) {
+            if (c->address() == r.address && c->authkey() == r.authkey) {
                 client = std::move(c);
                 break;
             }
         }
         if (!client) {
-            connection::Address address;
-            address.host = r.host;
-            address.port = r.port;
-            address.unix_path = r.unix_path;
-            client = std::make_shared<ClientCore>(std::move(address), r.authkey,
+            client = std::make_shared<ClientCore>(r.address, r.authkey,
                                                   std::chrono::duration<double>(r.connect_timeout_seconds));
             clients.push_back(client);
         }

@@ -103,7 +103,7 @@ inline bool in_main_executable(const void* code) noexcept {
 // stops here, in static initialization, and says why. Where the answer is not known (the
 // header is only in a shared library), the first Pool or Process still refuses.
 inline void check_freeze_support_before_main() noexcept {
-    if (!std::getenv(spawned_env)) return;
+    if (!spawned_without_takeover()) return;
     if (__start_multiprocessing_freeze_support_calls != nullptr) return;
     if (!in_main_executable(reinterpret_cast<const void*>(&check_freeze_support_before_main))) return;
     std::fprintf(stderr,
