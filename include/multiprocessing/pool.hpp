@@ -382,7 +382,7 @@ public:
     // Makes the next chunk from the input, starting at item `first`; null at the end.
     using Puller = std::function<std::unique_ptr<Task>(IMapJob&, std::uint64_t first)>;
 
-    IMapJob(std::shared_ptr<PoolCore> core, bool ordered, std::size_t window) : core_(std::move(core)), ordered_(ordered), window_(window) {}
+    IMapJob(std::shared_ptr<PoolExecutor> core, bool ordered, std::size_t window) : core_(std::move(core)), ordered_(ordered), window_(window) {}
 
     void set_puller(Puller p) { pull_ = std::move(p); }
     // Set before the job is shared. Items are counted as their chunk comes back (result
@@ -574,7 +574,7 @@ private:
         arrivals_.fetch_add(1, std::memory_order_release);
     }
 
-    std::shared_ptr<PoolCore> core_;
+    std::shared_ptr<PoolExecutor> core_;
     const bool ordered_;
     const std::size_t window_;
     Puller pull_;
@@ -786,6 +786,9 @@ struct ProcessTransport {
     static constexpr bool threads = false;
     using Options = PoolOptions;
 
+    static std::shared_ptr<PoolExecutor> make_executor(PoolOptions options) {
+        return std::make_shared<PoolCore>(core_options(std::move(options)));
+    }
     static CoreOptions core_options(PoolOptions options) {
         require_takeover("Pool");
         CoreOptions core;
@@ -833,6 +836,9 @@ struct ThreadTransport {
     static constexpr bool threads = true;
     using Options = ThreadPoolOptions;
 
+    static std::shared_ptr<PoolExecutor> make_executor(ThreadPoolOptions options) {
+        return std::make_shared<PoolCore>(core_options(std::move(options)));
+    }
     static CoreOptions core_options(ThreadPoolOptions options) {
         CoreOptions core;
         core.threads = true;
@@ -946,9 +952,10 @@ public:
     explicit BasicPool(Options options) {
         if (options.processes && *options.processes == 0)
             throw ValueError("Pool: the number of processes must be at least 1");
-        if (options.maxtasksperchild && *options.maxtasksperchild == 0)
-            throw ValueError("Pool: maxtasksperchild must be a positive number or empty");
-        core_ = std::make_shared<detail::PoolCore>(Transport::core_options(std::move(options)));
+        if constexpr (requires { options.maxtasksperchild; })
+            if (options.maxtasksperchild && *options.maxtasksperchild == 0)
+                throw ValueError("Pool: maxtasksperchild must be a positive number or empty");
+        core_ = Transport::make_executor(std::move(options));
         core_->start();
     }
 
@@ -1158,7 +1165,7 @@ private:
         const std::size_t size = chunksize.value_or(1);
         if (size == 0) throw ValueError("Pool.imap: chunksize must be 1 or more");
         // Enough chunks in flight to keep every worker's queue full, and then some.
-        const std::size_t window = 4 * detail::PoolCore::prefetch * core_->processes() * size;
+        const std::size_t window = 4 * detail::PoolExecutor::prefetch * core_->processes() * size;
         auto job = std::make_shared<detail::IMapJob<R>>(core_, ordered, window);
         if (progress) {
             std::optional<std::uint64_t> total;  // a lazy input's length is not known: count only
@@ -1199,7 +1206,7 @@ private:
         Transport::template check_map<Star, Fn, T>();
     }
 
-    std::shared_ptr<detail::PoolCore> core_;
+    std::shared_ptr<detail::PoolExecutor> core_;
 };
 
 // Python's multiprocessing.Pool: worker processes, started by the context's method.

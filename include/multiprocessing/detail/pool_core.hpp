@@ -120,56 +120,30 @@ inline std::string describe_exit(int status) {
     return "exited with code " + std::to_string(WEXITSTATUS(status));
 }
 
-class PoolCore : public std::enable_shared_from_this<PoolCore> {
+// What every pool executor shares, whatever carries its tasks (shared-memory rings to
+// worker processes or threads here, MPI messages to ranks in mpi.hpp): the pending
+// queue, the lazy task sources (imap), the running/closed/terminating life cycle and
+// the one background thread that starts the workers, completes results and shuts the
+// pool down. A derived executor says how tasks reach its workers (pump) and runs the
+// thread's loop.
+class PoolExecutor {
 public:
     static constexpr std::size_t prefetch = 32;  // tasks queued per worker, the running one included
 
-    explicit PoolCore(CoreOptions options)
-        : options_(std::move(options)),
-          layout_{options_.processes, options_.task_ring_bytes, options_.result_ring_bytes} {
-        if (options_.threads && options_.task_timeout)
-            throw ValueError("Pool: task_timeout needs worker processes: a thread running past it cannot be "
-                             "stopped. Use multiprocessing's Pool for tasks that may have to be killed");
-        if (options_.threads) options_.start_method = StartMethod::fork;  // nothing to start: no spawn paths
-        segment_ = SharedSegment::create(layout_.total(), "multiprocessing-pool");
-        // Fork children inherit the mapping; nothing else needs the fd. Spawned workers
-        // are given it, replacements included, so those pools keep it.
-        if (options_.start_method == StartMethod::fork) segment_.close_fd();
-        control_ = new (segment_.data()) PoolControl;
-        workers_ = std::vector<Worker>(layout_.processes);  // built in place: a Worker is not copyable
-        for (std::size_t i = 0; i < layout_.processes; ++i) {
-            auto& w = workers_[i];
-            w.index = i;
-            w.control = new (layout_.worker(segment_.data(), i)) WorkerControl;
-            w.task_data = layout_.task_data(segment_.data(), i);
-            w.result_data = layout_.result_data(segment_.data(), i);
-            w.tasks = Ring(&w.control->tasks, w.task_data, options_.task_ring_bytes);
-            w.results = Ring(&w.control->results, w.result_data, options_.result_ring_bytes);
-        }
-        max_task_size_ = workers_.front().tasks.max_payload() - sizeof(TaskHeader);
-    }
+    PoolExecutor() = default;
+    PoolExecutor(const PoolExecutor&) = delete;
+    PoolExecutor& operator=(const PoolExecutor&) = delete;
+    virtual ~PoolExecutor() = default;
 
-    PoolCore(const PoolCore&) = delete;
-    PoolCore& operator=(const PoolCore&) = delete;
-
-    ~PoolCore() {
-        terminate();
-        join_thread();
-    }
-
-    // Forks the workers (from the result thread, which lives as long as the pool, so
-    // that PR_SET_PDEATHSIG ties them to the pool and not to the caller's thread).
-    // Throws if the workers cannot be started (fork failing, say); the pool is then
-    // already shut down.
+    // Starts the background thread, which starts the workers (so that PR_SET_PDEATHSIG
+    // ties them to the pool and not to the caller's thread) and then runs the result
+    // loop. Throws if the workers cannot be started; the pool is then already shut down.
     void start() {
         std::promise<void> started;
         auto ready = started.get_future();
         thread_ = std::thread([this, &started] {
             try {
-                {
-                    std::lock_guard lock(mutex_);
-                    for (auto& w : workers_) spawn(w);
-                }
+                start_workers();
             } catch (...) {
                 state_.store(State::terminating, std::memory_order_release);
                 shut_down_now(std::current_exception());
@@ -181,7 +155,7 @@ public:
                 result_loop();
             } catch (...) {
                 // Nothing in the loop should throw; if it does (a replacement worker that
-                // cannot be forked), every waiter gets the reason instead of a hang.
+                // cannot be started), every waiter gets the reason instead of a hang.
                 state_.store(State::terminating, std::memory_order_release);
                 shut_down_now(std::current_exception());
             }
@@ -197,8 +171,11 @@ public:
         }
     }
 
-    std::size_t processes() const noexcept { return workers_.size(); }
-    std::size_t max_task_size() const noexcept { return max_task_size_; }
+    virtual std::size_t processes() const noexcept = 0;
+    // The largest task body a worker can be given (fixed at construction).
+    virtual std::size_t max_task_size() const noexcept = 0;
+    // The pids of the current workers (not in Python's API; handy for tests and tools).
+    virtual std::vector<pid_t> worker_pids() = 0;
 
     bool accepting() const noexcept { return state_.load(std::memory_order_acquire) == State::running; }
 
@@ -213,7 +190,7 @@ public:
     }
 
     // Queues several under one lock. A refused batch (terminated pool) throws with every
-    // task still in `batch`; a task too large for a ring fails on its own.
+    // task still in `batch`; a task too large for a worker fails on its own.
     void submit(std::vector<std::unique_ptr<Task>>& batch, bool internal) {
         std::vector<std::unique_ptr<Task>> too_large;
         {
@@ -272,7 +249,7 @@ public:
         poke();
         if (timeout) {
             const auto deadline = std::chrono::steady_clock::now() + *timeout;
-            // acquire: pairs with the release store when the result thread finishes.
+            // acquire: pairs with the release store when the background thread finishes.
             while (!finished_.load(std::memory_order_acquire)) {
                 const auto left = deadline - std::chrono::steady_clock::now();
                 if (left.count() <= 0) return false;
@@ -283,37 +260,26 @@ public:
         return true;
     }
 
-    std::vector<pid_t> worker_pids() {
-        std::lock_guard lock(mutex_);
-        std::vector<pid_t> pids;
-        for (auto& w : workers_)
-            if (w.pid > 0 && !options_.threads) pids.push_back(w.pid);
-        return pids;
-    }
-
-private:
+protected:
     enum class State { running, closed, terminating };
 
-    struct Worker {
-        std::size_t index = 0;
-        WorkerControl* control = nullptr;
-        std::byte* task_data = nullptr;
-        std::byte* result_data = nullptr;
-        Ring tasks, results;
-        pid_t pid = 0;
-        std::unique_ptr<ChildRecord> child;  // while pid > 0: waits for it and signals it
-        // A thread worker instead: pid is then this process's, as a "running" mark.
-        std::thread thread;
-        std::atomic<bool> thread_exited{false};
-        bool retiring = false;   // said it will exit (maxtasksperchild)
-        bool timed_out = false;  // killed by us for task_timeout
-        std::deque<std::unique_ptr<Task>> outstanding;  // dispatch order == result order
-    };
+    // In the background thread, before the result loop: starts every worker.
+    virtual void start_workers() = 0;
+    // The background thread's loop: returns once the pool is shut down.
+    virtual void result_loop() = 0;
+    // terminate() (or a fatal error): stops every worker now and fails whatever did not
+    // finish with `error`.
+    virtual void shut_down_now(std::exception_ptr error) = 0;
+    // mutex_ held: hands pending tasks to workers with room for them.
+    virtual void pump() = 0;
+    // Wakes the background thread (a state change, a new task).
+    virtual void poke() noexcept = 0;
+    virtual std::string too_large_message(const Task& task) const = 0;
 
-    std::string too_large_message(const Task& task) const {
-        return "multiprocessing: a task's arguments encode to " + std::to_string(task.size) +
-               " bytes, more than the pool's task ring holds (" + std::to_string(max_task_size()) +
-               "); pass large data in pieces or through shared memory";
+    // A derived destructor calls this first: the thread uses the derived object.
+    void stop_thread() {
+        terminate();
+        join_thread();
     }
 
     // mutex_ held.
@@ -331,7 +297,129 @@ private:
         pending_.push_back(std::move(task));
     }
 
-    void poke() noexcept { poke_doorbell(*control_); }
+    void join_thread() {
+        std::lock_guard lock(join_mutex_);
+        if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+    }
+
+    bool sources_open() {
+        std::lock_guard lock(mutex_);
+        std::erase_if(sources_, [](auto& s) {
+            auto p = s.lock();
+            return !p || p->exhausted();
+        });
+        return !sources_.empty();
+    }
+
+    void refill_sources() {
+        std::vector<std::shared_ptr<TaskSource>> live;
+        {
+            std::lock_guard lock(mutex_);
+            for (auto& s : sources_)
+                if (auto p = s.lock()) live.push_back(std::move(p));
+        }
+        for (auto& s : live) s->refill(/*unbounded=*/true);
+    }
+
+    // Fails what is left once the workers are stopped: `unfinished` (the tasks they
+    // held), every pending task and every imap, all with `error`.
+    void fail_everything(std::vector<std::unique_ptr<Task>> unfinished, std::exception_ptr error) {
+        std::vector<std::shared_ptr<TaskSource>> sources;
+        {
+            std::lock_guard lock(mutex_);
+            for (auto& t : pending_) unfinished.push_back(std::move(t));
+            pending_.clear();
+            for (auto& s : sources_)
+                if (auto p = s.lock()) sources.push_back(std::move(p));
+            sources_.clear();
+        }
+        for (auto& t : unfinished) t->fail(error);
+        for (auto& s : sources) s->terminate(error);
+    }
+
+    std::mutex mutex_;  // pending_, sources_, and what a derived executor says
+    std::deque<std::unique_ptr<Task>> pending_;
+    std::vector<std::weak_ptr<TaskSource>> sources_;
+    std::uint64_t next_seq_ = 0;
+    std::string fatal_reason_;  // why the pool shut itself down, if it did
+
+    std::atomic<State> state_{State::running};
+    std::atomic<bool> joining_{false};
+
+private:
+    std::atomic<std::uint32_t> finished_{0};  // the background thread is done (a futex word)
+    std::thread thread_;
+    std::mutex join_mutex_;
+};
+
+class PoolCore final : public PoolExecutor {
+public:
+
+    explicit PoolCore(CoreOptions options)
+        : options_(std::move(options)),
+          layout_{options_.processes, options_.task_ring_bytes, options_.result_ring_bytes} {
+        if (options_.threads && options_.task_timeout)
+            throw ValueError("Pool: task_timeout needs worker processes: a thread running past it cannot be "
+                             "stopped. Use multiprocessing's Pool for tasks that may have to be killed");
+        if (options_.threads) options_.start_method = StartMethod::fork;  // nothing to start: no spawn paths
+        segment_ = SharedSegment::create(layout_.total(), "multiprocessing-pool");
+        // Fork children inherit the mapping; nothing else needs the fd. Spawned workers
+        // are given it, replacements included, so those pools keep it.
+        if (options_.start_method == StartMethod::fork) segment_.close_fd();
+        control_ = new (segment_.data()) PoolControl;
+        workers_ = std::vector<Worker>(layout_.processes);  // built in place: a Worker is not copyable
+        for (std::size_t i = 0; i < layout_.processes; ++i) {
+            auto& w = workers_[i];
+            w.index = i;
+            w.control = new (layout_.worker(segment_.data(), i)) WorkerControl;
+            w.task_data = layout_.task_data(segment_.data(), i);
+            w.result_data = layout_.result_data(segment_.data(), i);
+            w.tasks = Ring(&w.control->tasks, w.task_data, options_.task_ring_bytes);
+            w.results = Ring(&w.control->results, w.result_data, options_.result_ring_bytes);
+        }
+        max_task_size_ = workers_.front().tasks.max_payload() - sizeof(TaskHeader);
+    }
+
+    PoolCore(const PoolCore&) = delete;
+    PoolCore& operator=(const PoolCore&) = delete;
+
+    ~PoolCore() override { stop_thread(); }
+
+    std::size_t processes() const noexcept override { return workers_.size(); }
+    std::size_t max_task_size() const noexcept override { return max_task_size_; }
+
+    std::vector<pid_t> worker_pids() override {
+        std::lock_guard lock(mutex_);
+        std::vector<pid_t> pids;
+        for (auto& w : workers_)
+            if (w.pid > 0 && !options_.threads) pids.push_back(w.pid);
+        return pids;
+    }
+
+private:
+    struct Worker {
+        std::size_t index = 0;
+        WorkerControl* control = nullptr;
+        std::byte* task_data = nullptr;
+        std::byte* result_data = nullptr;
+        Ring tasks, results;
+        pid_t pid = 0;
+        std::unique_ptr<ChildRecord> child;  // while pid > 0: waits for it and signals it
+        // A thread worker instead: pid is then this process's, as a "running" mark.
+        std::thread thread;
+        std::atomic<bool> thread_exited{false};
+        bool retiring = false;   // said it will exit (maxtasksperchild)
+        bool timed_out = false;  // killed by us for task_timeout
+        std::deque<std::unique_ptr<Task>> outstanding;  // dispatch order == result order
+    };
+
+    std::string too_large_message(const Task& task) const override {
+        return "multiprocessing: a task's arguments encode to " + std::to_string(task.size) +
+               " bytes, more than the pool's task ring holds (" + std::to_string(max_task_size()) +
+               "); pass large data in pieces or through shared memory";
+    }
+
+    void poke() noexcept override { poke_doorbell(*control_); }
 
     static void poke_doorbell(PoolControl& control) noexcept {
         // release: the state change before it is visible to the result thread once it
@@ -340,9 +428,9 @@ private:
         futex_wake(control.doorbell);
     }
 
-    void join_thread() {
-        std::lock_guard lock(join_mutex_);
-        if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+    void start_workers() override {
+        std::lock_guard lock(mutex_);
+        for (auto& w : workers_) spawn(w);
     }
 
     // ---- scheduling (mutex_ held) ---------------------------------------------------------
@@ -458,7 +546,7 @@ private:
         return best;
     }
 
-    void pump() {
+    void pump() override {
         while (!pending_.empty()) {
             Worker* w = least_loaded();
             if (!w || !dispatch(*pending_.front(), *w)) return;  // retried when a result frees room
@@ -660,25 +748,6 @@ private:
         }
     }
 
-    bool sources_open() {
-        std::lock_guard lock(mutex_);
-        std::erase_if(sources_, [](auto& s) {
-            auto p = s.lock();
-            return !p || p->exhausted();
-        });
-        return !sources_.empty();
-    }
-
-    void refill_sources() {
-        std::vector<std::shared_ptr<TaskSource>> live;
-        {
-            std::lock_guard lock(mutex_);
-            for (auto& s : sources_)
-                if (auto p = s.lock()) live.push_back(std::move(p));
-        }
-        for (auto& s : live) s->refill(/*unbounded=*/true);
-    }
-
     bool all_done() {
         std::lock_guard lock(mutex_);
         if (!pending_.empty()) return false;
@@ -687,7 +756,7 @@ private:
         return true;
     }
 
-    void result_loop() {
+    void result_loop() override {
         auto next_check = std::chrono::steady_clock::now();
         for (;;) {
             bool any = false;
@@ -743,7 +812,7 @@ private:
 
     // terminate() (or a fatal error): kill every worker now and fail whatever did not
     // finish with `error`.
-    void shut_down_now(std::exception_ptr error) {
+    void shut_down_now(std::exception_ptr error) override {
         if (options_.threads) {
             // release: pairs with the workers' acquire load before each task. A task
             // already running runs to its end (as in Python's ThreadPool.terminate).
@@ -758,22 +827,15 @@ private:
         }
         reap_all();
         std::vector<std::unique_ptr<Task>> unfinished;
-        std::vector<std::shared_ptr<TaskSource>> sources;
         {
             std::lock_guard lock(mutex_);
             for (auto& w : workers_) {
                 for (auto& t : w.outstanding) unfinished.push_back(std::move(t));
                 w.outstanding.clear();
             }
-            for (auto& t : pending_) unfinished.push_back(std::move(t));
-            pending_.clear();
-            for (auto& s : sources_)
-                if (auto p = s.lock()) sources.push_back(std::move(p));
-            sources_.clear();
         }
         in_flight_.store(0, std::memory_order_relaxed);
-        for (auto& t : unfinished) t->fail(error);
-        for (auto& s : sources) s->terminate(error);
+        fail_everything(std::move(unfinished), error);
     }
 
     CoreOptions options_;
@@ -782,21 +844,11 @@ private:
     SharedSegment segment_;
     PoolControl* control_ = nullptr;
 
-    std::mutex mutex_;  // pending_, workers_[*].outstanding/pid/retiring, sources_, ring producers
+    // mutex_ (PoolExecutor's) also guards workers_[*].outstanding/pid/retiring and the ring producers.
     std::vector<Worker> workers_;
-    std::deque<std::unique_ptr<Task>> pending_;
-    std::vector<std::weak_ptr<TaskSource>> sources_;
-    std::uint64_t next_seq_ = 0;
     std::size_t workers_started_ = 0;
     std::size_t unstarted_exits_ = 0;  // spawned workers in a row that exited before starting
-    std::string fatal_reason_;         // why the pool shut itself down, if it did
-
-    std::atomic<State> state_{State::running};
-    std::atomic<bool> joining_{false};
-    std::atomic<std::uint32_t> finished_{0};  // the result thread is done (a futex word)
     std::atomic<std::size_t> in_flight_{0};  // tasks in workers' rings; a polling hint only
-    std::thread thread_;
-    std::mutex join_mutex_;
 };
 
 }  // namespace multiprocessing::detail

@@ -118,35 +118,51 @@ inline std::int64_t monotonic_ns() noexcept {
 
 // ---- writing results ---------------------------------------------------------------------
 
-// A worker's end of its result ring.
+// Where a worker writes a task's result: its end of its result ring, or a buffer in its
+// own memory that a transport then sends on (an MPI rank: mpi.hpp).
 class ResultChannel {
 public:
-    ResultChannel(Ring& ring, PoolControl& pool) noexcept : ring_(ring), pool_(pool) {}
+    ResultChannel(Ring& ring, PoolControl& pool) noexcept : ring_(&ring), pool_(&pool) {}
+    explicit ResultChannel(std::vector<std::byte>& buffer) noexcept : buffer_(&buffer) {}
 
-    // Room for a result body of `size` bytes after its header.
+    // Room for a result body of `size` bytes after its header. A second reserve before
+    // commit abandons the first.
     std::byte* reserve(std::uint64_t seq, ResultFormat format, std::uint32_t count, std::size_t size) {
-        if (sizeof(ResultHeader) + size > ring_.max_payload())
-            throw ProcessError("multiprocessing: a task's result is too large for the pool's result ring (" +
-                               std::to_string(size) + " bytes, at most " + std::to_string(ring_.max_payload()) +
-                               "); return it in pieces");
-        // The parent drains results promptly; if it is gone, PR_SET_PDEATHSIG kills us.
-        std::byte* p = ring_.reserve(sizeof(ResultHeader) + size, [] { return false; });
+        std::byte* p = nullptr;
+        if (buffer_) {
+            buffer_->resize(sizeof(ResultHeader) + size);
+            p = buffer_->data();
+        } else {
+            if (sizeof(ResultHeader) + size > ring_->max_payload())
+                throw ProcessError("multiprocessing: a task's result is too large for the pool's result ring (" +
+                                   std::to_string(size) + " bytes, at most " + std::to_string(ring_->max_payload()) +
+                                   "); return it in pieces");
+            // The parent drains results promptly; if it is gone, PR_SET_PDEATHSIG kills us.
+            p = ring_->reserve(sizeof(ResultHeader) + size, [] { return false; });
+        }
         ResultHeader h{seq, format, count};
         std::memcpy(p, &h, sizeof h);
         return p + sizeof(ResultHeader);
     }
 
     void commit(std::uint32_t kind = result_record) {
-        ring_.commit(kind);
+        if (buffer_) {
+            committed_ = kind;
+            return;
+        }
+        ring_->commit(kind);
         // release: not needed for the data (the ring's head publishes it); relaxed would
         // do, but the bump must not be reordered before the commit's head store, which
         // the seq_cst fence below also guarantees.
-        pool_.doorbell.fetch_add(1, std::memory_order_release);
+        pool_->doorbell.fetch_add(1, std::memory_order_release);
         // seq_cst fence: Dekker with the parent's "set parent_waiting, fence, re-check
         // rings": either it sees our record or we see it waiting and wake it.
         std::atomic_thread_fence(std::memory_order_seq_cst);
-        if (pool_.parent_waiting.load(std::memory_order_relaxed)) futex_wake(pool_.doorbell);
+        if (pool_->parent_waiting.load(std::memory_order_relaxed)) futex_wake(pool_->doorbell);
     }
+
+    // A buffer channel: the kind of the record committed since the last take (0: none).
+    std::uint32_t take_committed() noexcept { return std::exchange(committed_, 0); }
 
     template <class T>
     void write(std::uint64_t seq, ResultFormat format, const T& value) {
@@ -159,8 +175,10 @@ public:
     void write_error(std::uint64_t seq, const ExceptionInfo& info) { write(seq, ResultFormat::error, info); }
 
 private:
-    Ring& ring_;
-    PoolControl& pool_;
+    Ring* ring_ = nullptr;
+    PoolControl* pool_ = nullptr;
+    std::vector<std::byte>* buffer_ = nullptr;
+    std::uint32_t committed_ = 0;
 };
 
 // What a worker runs for one task: decodes its arguments from `in` (the task's body, in
