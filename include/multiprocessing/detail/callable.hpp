@@ -283,7 +283,7 @@ PortableCall make_portable_call(int fds_ahead, const Fn& fn, const A&... args) {
     // (require_process_argument), and every shared handle has a reducer.
     static_assert((spawn_portable<A> && ...),
                   "multiprocessing: a shared handle type without reduce()/rebuild() (detail/reduction.hpp)");
-    PortableCall call{.runner = address_of_code(&run_portable_call<Fn, A...>), .fds = PassedFds(fds_ahead)};
+    PortableCall call{.runner = address_of_code(&run_portable_call<Fn, A...>), .payload = {}, .fds = PassedFds(fds_ahead)};
     // Reduced once, before the two passes of encode_with (each reduce adds fds).
     const std::tuple<decltype(portable_form(args, call.fds))...> forms{portable_form(args, call.fds)...};
     call.payload = encode_with([&](ByteWriter& w) {
