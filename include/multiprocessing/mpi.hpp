@@ -241,6 +241,11 @@ public:
         std::lock_guard lock(mutex_);
         world_claimed_ = false;
     }
+    // A pool saw one of mpirun's ranks die. Finalizing is then left out everywhere:
+    // Open MPI's MPI_Finalize waits for every rank of the job, the dead one included
+    // (seen hanging with --enable-recovery).
+    void note_rank_lost() noexcept { rank_lost_.store(true, std::memory_order_relaxed); }
+
     std::uint32_t next_generation() {
         std::lock_guard lock(mutex_);
         return ++generation_;
@@ -248,11 +253,20 @@ public:
 
 private:
     static int release_world_workers(MPI_Comm, int, void*, void*) {
-        auto& r = get();
+        get().release_world_workers();
+        return MPI_SUCCESS;
+    }
+
+    // Rank 0, finalizing (or leaving without it): tells ranks 1..N-1 to leave serve().
+    void release_world_workers() {
+        if (world_comm_ == MPI_COMM_NULL || workers_released_) return;
+        workers_released_ = true;
+        // relaxed: set by a pool's thread that was joined before exit.
+        const std::uint8_t finalize = !rank_lost_.load(std::memory_order_relaxed);
         // Not a blocking send: one to a rank that died may never complete.
-        std::vector<MPI_Request> requests(static_cast<std::size_t>(r.size_ - 1), MPI_REQUEST_NULL);
-        for (int rank = 1; rank < r.size_; ++rank)
-            MPI_Isend(nullptr, 0, MPI_BYTE, rank, exit_tag, r.world_comm_, &requests[static_cast<std::size_t>(rank - 1)]);
+        std::vector<MPI_Request> requests(static_cast<std::size_t>(size_ - 1), MPI_REQUEST_NULL);
+        for (int rank = 1; rank < size_; ++rank)
+            MPI_Isend(&finalize, 1, MPI_BYTE, rank, exit_tag, world_comm_, &requests[static_cast<std::size_t>(rank - 1)]);
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
         int done = 0;
         while (!done && std::chrono::steady_clock::now() < deadline) {
@@ -261,18 +275,32 @@ private:
         }
         for (auto& request : requests)
             if (request != MPI_REQUEST_NULL) MPI_Request_free(&request);
-        return MPI_SUCCESS;
     }
 
     void finalize_at_exit() {
         int finalized = 0;
         MPI_Finalized(&finalized);
-        if (!finalized) MPI_Finalize();
+        if (finalized) return;
+        if (rank_lost_.load(std::memory_order_relaxed)) {
+            release_world_workers();  // they leave without finalizing too
+            return;
+        }
+        MPI_Finalize();
     }
+
+public:
+    // What a worker's exit message says: whether to finalize MPI before exiting.
+    static bool exit_finalizes(const std::vector<std::byte>& message) {
+        return message.empty() || message.front() != std::byte{0};
+    }
+
+private:
 
     std::mutex mutex_;
     bool ready_ = false;
     bool serve_called_ = false;
+    bool workers_released_ = false;
+    std::atomic<bool> rank_lost_{false};
     bool world_claimed_ = false;
     std::uint32_t generation_ = 0;
     int rank_ = 0;
@@ -299,10 +327,15 @@ inline bool run_task(const std::vector<std::byte>& message, std::uint32_t genera
     return true;
 }
 
+enum class Served {
+    done,           // a spawned worker's pool stopped, or rank 0 said exit: finalize, exit
+    exit_at_once,   // rank 0 said exit without finalizing (a rank died: see note_rank_lost)
+    parent_gone,    // the spawning parent died (noticed within 100 ms on its host)
+};
+
 // Serves pools for the parent (rank `parent` of `comm`) until it says exit (an
-// mpirun-launched rank) or its one pool stops (a spawned one). Returns false if the
-// parent died instead (a spawned worker on its host notices within 100 ms).
-inline bool serve_loop(MPI_Comm comm, int parent, bool spawned) {
+// mpirun-launched rank), its one pool stops (a spawned one), or it dies.
+inline Served serve_loop(MPI_Comm comm, int parent, bool spawned) {
     std::vector<std::byte> message;
     std::vector<std::byte> result;
     std::vector<std::byte> reply;
@@ -314,10 +347,10 @@ inline bool serve_loop(MPI_Comm comm, int parent, bool spawned) {
         std::optional<int> next;
         while (!(next = receive(comm, parent, {task_tag, stop_tag, start_tag, exit_tag}, message,
                                 std::chrono::steady_clock::now() + std::chrono::milliseconds(100)))) {
-            if (spawned && parent_pid > 0 && !md::task_alive(parent_pid)) return false;
+            if (spawned && parent_pid > 0 && !md::task_alive(parent_pid)) return Served::parent_gone;
         }
         const int tag = *next;
-        if (tag == exit_tag) return true;
+        if (tag == exit_tag) return Runtime::exit_finalizes(message) ? Served::done : Served::exit_at_once;
         if (tag == start_tag) {
             md::ByteReader in(message);
             generation = md::get<std::uint32_t>(in);
@@ -355,7 +388,7 @@ inline bool serve_loop(MPI_Comm comm, int parent, bool spawned) {
             // of ours may still be on its way then (Open MPI reuses the communicator's
             // id, and a stray message on it stalls the next pool's).
             send(comm, parent, stopped_tag, {});
-            if (spawned) return true;
+            if (spawned) return Served::done;
             continue;
         }
         if (!in_pool) continue;  // a task of a pool that has stopped
@@ -385,13 +418,14 @@ inline void serve() {
         MPI_Comm parent = runtime.parent();
         MPI_Comm_set_errhandler(parent, MPI_ERRORS_RETURN);
         // A dead parent cannot take part in disconnecting or finalizing: just go.
-        if (!detail::serve_loop(parent, 0, /*spawned=*/true)) std::_Exit(0);
+        if (detail::serve_loop(parent, 0, /*spawned=*/true) != detail::Served::done) std::_Exit(0);
         MPI_Comm_disconnect(&parent);
         MPI_Finalize();
         std::exit(0);
     }
     if (runtime.size() > 1 && runtime.rank() != 0) {
-        detail::serve_loop(runtime.world_pool_comm(), 0, /*spawned=*/false);
+        if (detail::serve_loop(runtime.world_pool_comm(), 0, /*spawned=*/false) != detail::Served::done)
+            std::_Exit(0);
         MPI_Finalize();
         std::exit(0);
     }
@@ -712,6 +746,7 @@ private:
             w.outstanding.clear();
         }
         const bool replace = !world_ && state_.load(std::memory_order_acquire) != State::terminating;
+        if (world_) Runtime::get().note_rank_lost();
         get_logger().warning("mpi pool worker rank {} (pid {} on {}) died{}", w.rank, w.pid, w.host,
                              replace ? "; replacing it" : "");
         for (auto& t : lost)
