@@ -2,14 +2,16 @@
 """Run the benchmarks in C++ (mp::Pool, Queue, Pipe, Lock, managers) and in Python
 (multiprocessing) and print them side by side.
 
-    python3 bench/run.py [--build-dir build] [--suite pool|ipc|managers|start] [--only cpp|python] [--quick] [--json]
+    python3 bench/run.py [--build-dir build] [--suite pool|ipc|managers|start|mpi] [--only cpp|python] [--quick] [--json]
 
 --build-dir  where CMake built bench_pool, bench_ipc and bench_managers (default: build).
              If a binary is missing, `cmake --build <dir> --target <it>` is run; nothing
              else is built.
 --suite      run one suite only: pool (bench_pool), ipc (bench_ipc: Queue, Pipe, Lock)
              managers (bench_managers: proxy calls to a manager's server) or start
-             (bench_start_methods: spawn, forkserver and dummy pools).
+             (bench_start_methods: spawn, forkserver and dummy pools), mpi (bench_mpi:
+             mp::mpi::Pool on 3 local ranks beside mpi4py.futures.MPIPoolExecutor, both
+             under mpirun, Python's with Debian's /usr/bin/python3 and python3-mpi4py).
 --only       run one side only (the table then shows "-" for the other).
 --quick      half the repetitions on both sides.
 --json       also print the raw JSON lines of both sides.
@@ -67,13 +69,36 @@ START_ROWS = [
     ("dummy_apply_async_roundtrip", "dummy.Pool(2): apply_async(noop).get()", "ratio", 10.0),
 ]
 
-# suite: (C++ binary, Python script, rows)
+# Issue 6 sets no figure: the ratio to mpi4py.futures is reported. The mp::Pool rows are
+# the same workloads on forked workers in the same run (C++ only), for reference.
+MPI_ROWS = [
+    ("mpi_apply_async_roundtrip", "mpi, 3 ranks: apply_async(noop).get()", None, None),
+    ("mpi_map_square_1M", "mpi, 3 ranks: map(square, 1M)", None, None),
+    ("mpi_ref_pool_apply_async_roundtrip", "  mp::Pool(2) same run: apply_async", None, None),
+    ("mpi_ref_pool_map_square_1M", "  mp::Pool(2) same run: map(square, 1M)", None, None),
+]
+
+# The MPI suite runs both sides on 3 ranks (rank 0 measures, ranks 1 and 2 serve).
+MPIRUN = ["mpirun", "--oversubscribe", "--allow-run-as-root", "-n", "3"]
+
+# suite: (C++ binary, Python script, rows, C++ command prefix, Python command)
 SUITES = {
     "pool": ("bench_pool", "bench_pool.py", POOL_ROWS),
     "ipc": ("bench_ipc", "bench_ipc.py", IPC_ROWS),
     "managers": ("bench_managers", "bench_managers.py", MANAGERS_ROWS),
     "start": ("bench_start_methods", "bench_start_methods.py", START_ROWS),
+    "mpi": ("bench_mpi", "bench_mpi.py", MPI_ROWS),
 }
+
+
+def cpp_command(suite, exe):
+    return (MPIRUN if suite == "mpi" else []) + [exe]
+
+
+def python_command(suite, script):
+    if suite == "mpi":
+        return MPIRUN + ["/usr/bin/python3", "-m", "mpi4py.futures", script]
+    return [sys.executable, script]
 
 TIME_UNITS = {"ms", "us", "ns"}
 CPP_TIMEOUT = 180  # s; a hang in the library must not hang the benchmark
@@ -187,7 +212,7 @@ def main():
         if args.only != "python":
             exe = ensure_cpp_binary(os.path.abspath(args.build_dir), binary)
             print(f"running {exe} ...", file=sys.stderr, flush=True)
-            recs, prob, raw = run_lines([exe] + extra, CPP_TIMEOUT)
+            recs, prob, raw = run_lines(cpp_command(suite, exe) + extra, CPP_TIMEOUT)
             cpp.update(recs)
             if prob:
                 problems.append(f"C++ {binary}: {prob}")
@@ -195,8 +220,9 @@ def main():
                 print(f"# C++ {binary}\n" + raw.rstrip())
         if args.only != "cpp":
             script = os.path.join(HERE, "python", script_name)
-            print(f"running {sys.executable} {script} ...", file=sys.stderr, flush=True)
-            recs, prob, raw = run_lines([sys.executable, script] + extra, PY_TIMEOUT)
+            command = python_command(suite, script)
+            print(f"running {' '.join(command)} ...", file=sys.stderr, flush=True)
+            recs, prob, raw = run_lines(command + extra, PY_TIMEOUT)
             py.update(recs)
             if prob:
                 problems.append(f"Python {script_name}: {prob}")

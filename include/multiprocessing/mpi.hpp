@@ -111,13 +111,14 @@ inline std::string host_name() {
 // machine with fewer cores than ranks that matters: Open MPI's blocking receive spins).
 class Backoff {
 public:
+    explicit Backoff(std::chrono::microseconds spin = std::chrono::microseconds(100)) : spin_(spin) {}
     void pause() {
         const auto now = std::chrono::steady_clock::now();
         if (!idle_) {
             idle_ = true;
             idle_since_ = now;
         }
-        if (now - idle_since_ < std::chrono::microseconds(100)) {
+        if (now - idle_since_ < spin_) {
             std::this_thread::yield();
             return;
         }
@@ -130,18 +131,19 @@ public:
     }
 
 private:
+    std::chrono::microseconds spin_;
     bool idle_ = false;
     std::chrono::steady_clock::time_point idle_since_{};
     std::chrono::microseconds sleep_{10};
 };
 
-// Receives the next message from `source` on `comm` with one of the given tags into
-// `bytes`; returns its tag. Waits as Backoff says, at most until `deadline` (nullopt
-// then).
+// Receives the next message from `source` on `comm` with one of the given tags (or
+// MPI_ANY_TAG) into `bytes`; returns its tag. Waits as a Backoff(spin) says, at most
+// until `deadline` (nullopt then).
 inline std::optional<int> receive(MPI_Comm comm, int source, std::initializer_list<int> tags, std::vector<std::byte>& bytes,
                                   std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt,
-                                  int* from = nullptr) {
-    Backoff backoff;
+                                  std::chrono::microseconds spin = std::chrono::microseconds(100)) {
+    Backoff backoff(spin);
     for (;;) {
         for (int tag : tags) {
             int flag = 0;
@@ -151,9 +153,9 @@ inline std::optional<int> receive(MPI_Comm comm, int source, std::initializer_li
             int count = 0;
             MPI_Get_count(&status, MPI_BYTE, &count);
             bytes.resize(static_cast<std::size_t>(count));
-            check(MPI_Recv(bytes.data(), count, MPI_BYTE, status.MPI_SOURCE, tag, comm, MPI_STATUS_IGNORE), "MPI_Recv");
-            if (from) *from = status.MPI_SOURCE;
-            return tag;
+            check(MPI_Recv(bytes.data(), count, MPI_BYTE, status.MPI_SOURCE, status.MPI_TAG, comm, MPI_STATUS_IGNORE),
+                  "MPI_Recv");
+            return status.MPI_TAG;
         }
         if (deadline && std::chrono::steady_clock::now() >= *deadline) return std::nullopt;
         backoff.pause();
@@ -345,8 +347,11 @@ inline Served serve_loop(MPI_Comm comm, int parent, bool spawned) {
     pid_t parent_pid = 0;  // when it runs on this host: a spawned worker outlives it by at most 100 ms
     for (;;) {
         std::optional<int> next;
-        while (!(next = receive(comm, parent, {task_tag, stop_tag, start_tag, exit_tag}, message,
-                                std::chrono::steady_clock::now() + std::chrono::milliseconds(100)))) {
+        // A worker polls for 1 ms after its last message before it starts sleeping: the
+        // next task of a busy pool comes sooner than that.
+        while (!(next = receive(comm, parent, {MPI_ANY_TAG}, message,
+                                std::chrono::steady_clock::now() + std::chrono::milliseconds(100),
+                                std::chrono::milliseconds(1)))) {
             if (spawned && parent_pid > 0 && !md::task_alive(parent_pid)) return Served::parent_gone;
         }
         const int tag = *next;
@@ -611,7 +616,13 @@ private:
 
     // ---- scheduling ----
 
-    void pump() override { poke(); }  // the pool's thread sends: it makes every MPI call
+    // mutex_ held (submit). The submitting thread sends itself (MPI_THREAD_MULTIPLE):
+    // handing the task to the pool's thread would add a thread wake-up to every round
+    // trip. The pool's thread is poked to poll for the result.
+    void pump() override {
+        send_pending_locked();
+        poke();
+    }
 
     void poke() noexcept override {
         // release: a state change or new task before it is seen by the pool's thread.
@@ -637,6 +648,9 @@ private:
     // Sends pending tasks to workers with room; returns whether it sent any.
     bool send_pending() {
         std::lock_guard lock(mutex_);
+        return send_pending_locked();
+    }
+    bool send_pending_locked() {
         bool any = false;
         while (!pending_.empty()) {
             Worker* w = least_loaded();
@@ -652,7 +666,7 @@ private:
                   "MPI_Isend of a task");
             w->outstanding.push_back(std::move(pending_.front()));
             pending_.pop_front();
-            ++in_flight_;
+            in_flight_.fetch_add(1, std::memory_order_relaxed);
             any = true;
         }
         return any;
@@ -660,6 +674,7 @@ private:
 
     // Frees the buffers of sends that completed (in order: sends to one worker complete in order).
     void reap_sends() {
+        std::lock_guard lock(mutex_);
         while (!sends_.empty()) {
             int done = 0;
             MPI_Test(&sends_.front().request, &done, MPI_STATUS_IGNORE);
@@ -705,7 +720,7 @@ private:
             if (w->outstanding.empty()) return;
             task = std::move(w->outstanding.front());
             w->outstanding.pop_front();
-            --in_flight_;
+            in_flight_.fetch_sub(1, std::memory_order_relaxed);
         }
         md::ResultHeader header;
         std::memcpy(&header, result_.data() + sizeof generation, sizeof header);
@@ -742,7 +757,7 @@ private:
             // the others.
             for (std::size_t i = w.outstanding.size(); i-- > 1;) pending_.push_front(std::move(w.outstanding[i]));
             if (!w.outstanding.empty()) lost.push_back(std::move(w.outstanding.front()));
-            in_flight_ -= w.outstanding.size();
+            in_flight_.fetch_sub(w.outstanding.size(), std::memory_order_relaxed);
             w.outstanding.clear();
         }
         const bool replace = !world_ && state_.load(std::memory_order_acquire) != State::terminating;
@@ -789,7 +804,7 @@ private:
             }
             if (any) {
                 backoff.reset();
-            } else if (in_flight_ > 0) {
+            } else if (in_flight_.load(std::memory_order_relaxed) > 0) {
                 backoff.pause();  // a result is due: poll MPI
             } else {
                 md::futex_wait(doorbell_, bell, std::chrono::milliseconds(20));  // nothing out: sleep until poked
@@ -808,6 +823,7 @@ private:
     // Posts a message without waiting for it to go: a send to a worker that died
     // unnoticed may never complete (a blocking one would hang).
     void post(Worker& w, int tag) {
+        std::lock_guard lock(mutex_);
         Send& s = sends_.emplace_back();
         check(MPI_Isend(nullptr, 0, MPI_BYTE, w.rank, tag, w.comm, &s.request), "MPI_Isend");
     }
@@ -844,12 +860,15 @@ private:
             }
         }
         // Sends to a dead worker never complete; nobody will read their buffers again.
-        for (auto& s : sends_) {
-            int done = 0;
-            MPI_Test(&s.request, &done, MPI_STATUS_IGNORE);
-            if (!done) MPI_Request_free(&s.request);
+        {
+            std::lock_guard lock(mutex_);
+            for (auto& s : sends_) {
+                int done = 0;
+                MPI_Test(&s.request, &done, MPI_STATUS_IGNORE);
+                if (!done) MPI_Request_free(&s.request);
+            }
+            sends_.clear();
         }
-        sends_.clear();
         if (world_) return;
         for (MPI_Comm& comm : comms_) {
             // Disconnecting waits for both sides; a comm with a dead worker is only freed.
@@ -875,7 +894,7 @@ private:
                 for (auto& t : w.outstanding) unfinished.push_back(std::move(t));
                 w.outstanding.clear();
             }
-            in_flight_ = 0;
+            in_flight_.store(0, std::memory_order_relaxed);
         }
         // Callers waiting on results get `error` first: releasing may wait for a worker
         // that cannot be killed (on another host) to finish the task it is running.
@@ -898,7 +917,9 @@ private:
     std::vector<MPI_Comm> comms_;
     std::deque<Send> sends_;
     std::vector<std::byte> result_;
-    std::size_t in_flight_ = 0;  // tasks sent and not yet answered
+    // Tasks sent and not yet answered: changed under mutex_, read without it by the
+    // pool's thread as a hint (relaxed) whether to poll MPI or sleep until poked.
+    std::atomic<std::size_t> in_flight_{0};
     std::atomic<std::uint32_t> doorbell_{0};  // a futex word: bumped by poke()
 };
 
