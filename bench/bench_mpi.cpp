@@ -27,18 +27,6 @@ void noop() {}
 std::int64_t square(std::int64_t x) { return x * x; }
 
 template <class P>
-void bench_roundtrip(P& pool, const char* name, int n, int ops) {
-    for (int i = 0; i < 200; ++i) pool.apply_async(noop).get();
-    std::vector<double> runs;
-    for (RepLimiter reps_left(n); reps_left.next();) {
-        const auto t0 = Clock::now();
-        for (int i = 0; i < ops; ++i) pool.apply_async(noop).get();
-        runs.push_back(seconds_since(t0) / ops * 1e6);
-    }
-    emit(name, "us", runs, {{"ops_per_run", std::to_string(ops)}});
-}
-
-template <class P>
 void bench_map_square(P& pool, const char* name, int n, std::size_t count) {
     std::vector<std::int64_t> data(count);
     for (std::size_t i = 0; i < count; ++i) data[i] = static_cast<std::int64_t>(i);
@@ -64,13 +52,13 @@ int main(int argc, char** argv) {
     {
         mp::mpi::Pool pool;  // ranks 1..N-1
         guarded("mpi_apply_async_roundtrip", "us",
-                [&] { bench_roundtrip(pool, "mpi_apply_async_roundtrip", reps(7), 2000); });
+                [&] { bench_apply_roundtrip(pool, noop, "mpi_apply_async_roundtrip", reps(7), 2000); });
         guarded("mpi_map_square_1M", "Mitems/s", [&] { bench_map_square(pool, "mpi_map_square_1M", reps(7), 1'000'000); });
     }
     {
         mp::Pool pool(2);
         guarded("mpi_ref_pool_apply_async_roundtrip", "us",
-                [&] { bench_roundtrip(pool, "mpi_ref_pool_apply_async_roundtrip", reps(7), 2000); });
+                [&] { bench_apply_roundtrip(pool, noop, "mpi_ref_pool_apply_async_roundtrip", reps(7), 2000); });
         guarded("mpi_ref_pool_map_square_1M", "Mitems/s",
                 [&] { bench_map_square(pool, "mpi_ref_pool_map_square_1M", reps(7), 1'000'000); });
     }

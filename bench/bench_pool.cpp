@@ -69,16 +69,7 @@ void bench_pool_lifecycle(int n) {
 
 // ---- 2. apply_async(noop).get(), one in flight --------------------------------------
 
-void bench_apply_roundtrip(mp::Pool& pool, int n, int ops) {
-    for (int i = 0; i < 200; ++i) pool.apply_async(noop).get();
-    std::vector<double> runs;
-    for (RepLimiter reps_left(n); reps_left.next();) {
-        const auto t0 = Clock::now();
-        for (int i = 0; i < ops; ++i) pool.apply_async(noop).get();
-        runs.push_back(seconds_since(t0) / ops * 1e6);
-    }
-    emit("apply_async_roundtrip", "us", runs, {{"ops_per_run", std::to_string(ops)}});
-}
+// bench_apply_roundtrip (bench_support.hpp)
 
 // ---- 3. map(square, 1M ints), default chunksize; and 2 std::threads -----------------
 
@@ -221,7 +212,7 @@ int main(int argc, char** argv) {
     guarded("pool_start_close_join", "ms", [] { bench_pool_lifecycle(reps(15)); });
 
     mp::Pool pool(kPoolSize);
-    guarded("apply_async_roundtrip", "us", [&] { bench_apply_roundtrip(pool, reps(7), 2000); });
+    guarded("apply_async_roundtrip", "us", [&] { bench_apply_roundtrip(pool, noop, "apply_async_roundtrip", reps(7), 2000); });
     guarded("map_square_1M", "Mitems/s", [&] { bench_map_square(pool, reps(7), 1'000'000); });
     guarded("threads2_square_1M", "Mitems/s", [] { bench_threads_square(reps(7), 1'000'000); });
     guarded("imap_square_50k_chunk1", "Mitems/s",

@@ -46,18 +46,6 @@ void bench_lifecycle(const std::string& method, int n) {
     emit(("pool_start_close_join_" + method).c_str(), "ms", runs);
 }
 
-template <class P>
-void bench_roundtrip(P& pool, const std::string& name, int n, int ops) {
-    for (int i = 0; i < 200; ++i) pool.apply_async(noop).get();
-    std::vector<double> runs;
-    for (RepLimiter reps_left(n); reps_left.next();) {
-        const auto t0 = Clock::now();
-        for (int i = 0; i < ops; ++i) pool.apply_async(noop).get();
-        runs.push_back(seconds_since(t0) / ops * 1e6);
-    }
-    emit(name.c_str(), "us", runs, {{"ops_per_run", std::to_string(ops)}});
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -68,12 +56,12 @@ int main(int argc, char** argv) {
         const std::string rt = "apply_async_roundtrip_" + method;
         guarded(rt.c_str(), "us", [&] {
             auto pool = mp::get_context(method).Pool(kPoolSize);
-            bench_roundtrip(pool, rt, reps(7), 2000);
+            bench_apply_roundtrip(pool, noop, rt, reps(7), 2000);
         });
     }
     guarded("dummy_apply_async_roundtrip", "us", [] {
         mp::dummy::Pool pool(kPoolSize);
-        bench_roundtrip(pool, "dummy_apply_async_roundtrip", reps(7), 5000);
+        bench_apply_roundtrip(pool, noop, "dummy_apply_async_roundtrip", reps(7), 5000);
     });
     return 0;
 }

@@ -123,6 +123,20 @@ inline void check(bool ok, const char* what) {
     if (!ok) throw std::runtime_error(std::string("wrong result: ") + what);
 }
 
+// apply_async(task).get() on `pool`, one call in flight: `ops` calls per run, 200
+// untimed first; the figure is microseconds per call.
+template <class Pool>
+void bench_apply_roundtrip(Pool& pool, void (*task)(), const std::string& name, int n, int ops) {
+    for (int i = 0; i < 200; ++i) pool.apply_async(task).get();
+    std::vector<double> runs;
+    for (RepLimiter reps_left(n); reps_left.next();) {
+        const auto t0 = Clock::now();
+        for (int i = 0; i < ops; ++i) pool.apply_async(task).get();
+        runs.push_back(seconds_since(t0) / ops * 1e6);
+    }
+    emit(name.c_str(), "us", runs, {{"ops_per_run", std::to_string(ops)}});
+}
+
 // Reads --quick and --filter SUBSTRING.
 inline void parse_args(int argc, char** argv) {
     for (int i = 1; i < argc; ++i)

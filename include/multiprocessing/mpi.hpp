@@ -800,7 +800,7 @@ private:
             }
             if (s == State::closed) {
                 if (joining_.load(std::memory_order_acquire)) refill_sources();
-                if (!sources_open() && all_done()) return stop_workers();
+                if (!sources_open() && all_done(workers_)) return stop_workers();
             }
             if (any) {
                 backoff.reset();
@@ -810,14 +810,6 @@ private:
                 md::futex_wait(doorbell_, bell, std::chrono::milliseconds(20));  // nothing out: sleep until poked
             }
         }
-    }
-
-    bool all_done() {
-        std::lock_guard lock(mutex_);
-        if (!pending_.empty()) return false;
-        for (auto& w : workers_)
-            if (!w.outstanding.empty()) return false;
-        return true;
     }
 
     // Posts a message without waiting for it to go: a send to a worker that died
@@ -887,15 +879,8 @@ private:
     void stop_workers() { release_workers(/*kill=*/false); }
 
     void shut_down_now(std::exception_ptr error) override {
-        std::vector<std::unique_ptr<md::Task>> unfinished;
-        {
-            std::lock_guard lock(mutex_);
-            for (auto& w : workers_) {
-                for (auto& t : w.outstanding) unfinished.push_back(std::move(t));
-                w.outstanding.clear();
-            }
-            in_flight_.store(0, std::memory_order_relaxed);
-        }
+        auto unfinished = take_outstanding(workers_);
+        in_flight_.store(0, std::memory_order_relaxed);
         // Callers waiting on results get `error` first: releasing may wait for a worker
         // that cannot be killed (on another host) to finish the task it is running.
         fail_everything(std::move(unfinished), error);

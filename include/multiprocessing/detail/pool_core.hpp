@@ -321,6 +321,29 @@ protected:
         for (auto& s : live) s->refill(/*unbounded=*/true);
     }
 
+    // Whether every task is done: none pending, none held by any of `workers` (whose
+    // `outstanding` lists the tasks each holds).
+    template <class Workers>
+    bool all_done(const Workers& workers) {
+        std::lock_guard lock(mutex_);
+        if (!pending_.empty()) return false;
+        for (auto& w : workers)
+            if (!w.outstanding.empty()) return false;
+        return true;
+    }
+
+    // Takes every task `workers` hold (to fail them: their workers are stopped).
+    template <class Workers>
+    std::vector<std::unique_ptr<Task>> take_outstanding(Workers& workers) {
+        std::vector<std::unique_ptr<Task>> taken;
+        std::lock_guard lock(mutex_);
+        for (auto& w : workers) {
+            for (auto& t : w.outstanding) taken.push_back(std::move(t));
+            w.outstanding.clear();
+        }
+        return taken;
+    }
+
     // Fails what is left once the workers are stopped: `unfinished` (the tasks they
     // held), every pending task and every imap, all with `error`.
     void fail_everything(std::vector<std::unique_ptr<Task>> unfinished, std::exception_ptr error) {
@@ -748,14 +771,6 @@ private:
         }
     }
 
-    bool all_done() {
-        std::lock_guard lock(mutex_);
-        if (!pending_.empty()) return false;
-        for (auto& w : workers_)
-            if (!w.outstanding.empty()) return false;
-        return true;
-    }
-
     void result_loop() override {
         auto next_check = std::chrono::steady_clock::now();
         for (;;) {
@@ -780,7 +795,7 @@ private:
             }
             if (s == State::closed) {
                 if (joining_.load(std::memory_order_acquire)) refill_sources();
-                if (!sources_open() && all_done()) return stop_workers();
+                if (!sources_open() && all_done(workers_)) return stop_workers();
             }
             if (!any) idle_wait();
         }
@@ -826,14 +841,7 @@ private:
                 if (w.pid > 0) w.child->signal(SIGKILL);
         }
         reap_all();
-        std::vector<std::unique_ptr<Task>> unfinished;
-        {
-            std::lock_guard lock(mutex_);
-            for (auto& w : workers_) {
-                for (auto& t : w.outstanding) unfinished.push_back(std::move(t));
-                w.outstanding.clear();
-            }
-        }
+        auto unfinished = take_outstanding(workers_);
         in_flight_.store(0, std::memory_order_relaxed);
         fail_everything(std::move(unfinished), error);
     }
