@@ -247,6 +247,10 @@ public:
     // Open MPI's MPI_Finalize waits for every rank of the job, the dead one included
     // (seen hanging with --enable-recovery).
     void note_rank_lost() noexcept { rank_lost_.store(true, std::memory_order_relaxed); }
+    // What a worker's exit message says: whether to finalize MPI before exiting.
+    static bool exit_finalizes(const std::vector<std::byte>& message) {
+        return message.empty() || message.front() != std::byte{0};
+    }
 
     std::uint32_t next_generation() {
         std::lock_guard lock(mutex_);
@@ -263,12 +267,14 @@ private:
     void release_world_workers() {
         if (world_comm_ == MPI_COMM_NULL || workers_released_) return;
         workers_released_ = true;
-        // relaxed: set by a pool's thread that was joined before exit.
-        const std::uint8_t finalize = !rank_lost_.load(std::memory_order_relaxed);
+        // Static: a send to a dead rank is left pending (its request freed) and may
+        // read its buffer whenever. relaxed: set by a pool's thread joined before exit.
+        static const std::uint8_t finalize_yes = 1, finalize_no = 0;
+        const std::uint8_t* finalize = rank_lost_.load(std::memory_order_relaxed) ? &finalize_no : &finalize_yes;
         // Not a blocking send: one to a rank that died may never complete.
         std::vector<MPI_Request> requests(static_cast<std::size_t>(size_ - 1), MPI_REQUEST_NULL);
         for (int rank = 1; rank < size_; ++rank)
-            MPI_Isend(&finalize, 1, MPI_BYTE, rank, exit_tag, world_comm_, &requests[static_cast<std::size_t>(rank - 1)]);
+            MPI_Isend(finalize, 1, MPI_BYTE, rank, exit_tag, world_comm_, &requests[static_cast<std::size_t>(rank - 1)]);
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
         int done = 0;
         while (!done && std::chrono::steady_clock::now() < deadline) {
@@ -290,13 +296,6 @@ private:
         MPI_Finalize();
     }
 
-public:
-    // What a worker's exit message says: whether to finalize MPI before exiting.
-    static bool exit_finalizes(const std::vector<std::byte>& message) {
-        return message.empty() || message.front() != std::byte{0};
-    }
-
-private:
 
     std::mutex mutex_;
     bool ready_ = false;
@@ -510,7 +509,8 @@ private:
     struct Worker {
         MPI_Comm comm = MPI_COMM_NULL;
         int rank = -1;
-        bool live = false;  // ready (said hello) and not dead
+        bool ready = false;  // said hello: it serves this pool
+        bool live = false;   // ready, its initializer ran, and not dead: it is given tasks
         bool dead = false;
         pid_t pid = 0;
         std::string host;
@@ -583,33 +583,44 @@ private:
         const auto start = md::encode_values(generation_, static_cast<std::int64_t>(::getpid()), local_host_,
                                              initializer_.runner, initializer_.payload);
         for (std::size_t i = first; i < workers_.size(); ++i) send(workers_[i].comm, workers_[i].rank, start_tag, start);
+        // Every hello is taken, also after a failed one: a worker that said hello is
+        // serving, and releasing it waits for it to stop (see release_workers).
         const auto deadline = std::chrono::steady_clock::now() + options_.start_timeout;
         std::vector<std::byte> hello;
+        std::string failure;
         for (std::size_t i = first; i < workers_.size(); ++i) {
             Worker& w = workers_[i];
             for (;;) {
-                if (!receive(w.comm, w.rank, {hello_tag}, hello, deadline))
-                    throw ProcessError("multiprocessing.mpi: worker rank " + std::to_string(w.rank) +
-                                       " did not report ready within " +
-                                       std::to_string(options_.start_timeout.count()) +
-                                       " ms. Does main() call mp::mpi::serve() as its first line?");
+                if (!receive(w.comm, w.rank, {hello_tag}, hello, deadline)) {
+                    if (failure.empty())
+                        failure = "worker rank " + std::to_string(w.rank) + " did not report ready within " +
+                                  std::to_string(options_.start_timeout.count()) +
+                                  " ms. Does main() call mp::mpi::serve() as its first line?";
+                    break;
+                }
                 md::ByteReader in(hello);
                 if (md::get<std::uint32_t>(in) != generation_) continue;  // a late hello of an earlier pool
                 const auto pid = md::get<std::int64_t>(in);
                 auto host = md::get<std::string>(in);
                 auto error = md::get<std::string>(in);
-                if (!error.empty()) {
-                    fatal_reason_ = "the pool's initializer failed on worker rank " + std::to_string(w.rank) +
-                                    " (host " + host + ", pid " + std::to_string(pid) + "): " + error;
-                    throw ProcessError("multiprocessing.mpi: " + fatal_reason_);
-                }
+                if (!error.empty() && failure.empty())
+                    failure = "the pool's initializer failed on worker rank " + std::to_string(w.rank) + " (host " +
+                              host + ", pid " + std::to_string(pid) + "): " + error;
                 std::lock_guard lock(mutex_);
                 w.pid = static_cast<pid_t>(pid);
                 w.local = host == local_host_;
                 w.host = std::move(host);
-                w.live = true;
+                w.ready = true;
+                w.live = error.empty();
                 break;
             }
+        }
+        if (!failure.empty()) {
+            {
+                std::lock_guard lock(mutex_);
+                fatal_reason_ = failure;
+            }
+            throw ProcessError("multiprocessing.mpi: " + failure);
         }
         get_logger().debug("mpi pool: {} workers ready", workers_.size() - first);
     }
@@ -821,21 +832,15 @@ private:
     }
 
     // Tells every worker the pool is done (it drops tasks still queued to it) and lets
-    // go of the spawned ones. `kill`: terminate(), which kills the spawned workers on
-    // this host as mp::Pool kills its own (the job survives it: see Runtime). Ranks
-    // mpirun started are never killed: that would end the job.
-    void release_workers(bool kill) {
-        for (auto& w : workers_) {
-            if (w.dead) continue;
-            if (kill && !world_ && w.local && w.pid > 0) {
-                ::kill(w.pid, SIGKILL);
-                w.dead = true;
-            } else {
-                // Also one that never said hello (its initializer failed): a spawned
-                // worker waits for this to end.
-                post(w, stop_tag);
-            }
-        }
+    // go of the spawned ones. No worker is killed, not even by terminate(): killing one
+    // of mpirun's ranks ends the job, and after spawned workers were killed, spawning
+    // the next pool's sometimes hung in MPI_Comm_spawn (their MPI_Init never returned;
+    // Open MPI 4.1, 1 run in ~7). A worker finishes the task it is running.
+    void release_workers() {
+        // Also a worker that never said hello (its initializer failed): a spawned one
+        // waits for this to end.
+        for (auto& w : workers_)
+            if (!w.dead) post(w, stop_tag);
         if (!world_) {
             // A spawned worker is let go only once it has stopped, so that nothing it
             // sent is still on its way (see serve_loop). Results it sends meanwhile
@@ -843,7 +848,8 @@ private:
             // dropped by the next pool instead (its generation differs).
             std::vector<std::byte> ignored;
             for (auto& w : workers_) {
-                while (!w.dead) {
+                // One that never said hello may never answer (it does not serve).
+                while (w.ready && !w.dead) {
                     auto tag = receive(w.comm, w.rank, {result_tag, stopped_tag}, ignored,
                                        std::chrono::steady_clock::now() + std::chrono::milliseconds(20));
                     if (tag == stopped_tag) break;
@@ -863,10 +869,11 @@ private:
         }
         if (world_) return;
         for (MPI_Comm& comm : comms_) {
-            // Disconnecting waits for both sides; a comm with a dead worker is only freed.
-            const bool any_dead = std::any_of(workers_.begin(), workers_.end(),
-                                              [&](auto& w) { return w.comm == comm && w.dead; });
-            if (!any_dead)
+            // Disconnecting waits for both sides: a comm with a worker that is dead or
+            // never served is only freed.
+            const bool all_stopped = std::all_of(workers_.begin(), workers_.end(),
+                                                 [&](auto& w) { return w.comm != comm || (w.ready && !w.dead); });
+            if (all_stopped)
                 MPI_Comm_disconnect(&comm);
             else
                 MPI_Comm_free(&comm);
@@ -876,16 +883,16 @@ private:
         for (auto& w : workers_) w.live = false;
     }
 
-    void stop_workers() { release_workers(/*kill=*/false); }
+    void stop_workers() { release_workers(); }
 
     void shut_down_now(std::exception_ptr error) override {
         auto unfinished = take_outstanding(workers_);
         in_flight_.store(0, std::memory_order_relaxed);
-        // Callers waiting on results get `error` first: releasing may wait for a worker
-        // that cannot be killed (on another host) to finish the task it is running.
+        // Callers waiting on results get `error` first: releasing waits for each worker
+        // to finish the task it is running.
         fail_everything(std::move(unfinished), error);
         try {
-            release_workers(/*kill=*/true);
+            release_workers();
         } catch (...) {
             // The workers are as gone as they can be.
         }
