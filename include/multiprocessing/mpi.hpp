@@ -21,9 +21,10 @@
 // (host, pid) and the pool watches the workers on its own host itself: one that dies
 // fails the task it was running with WorkerLostError, gives its unstarted tasks to the
 // others and, for spawned workers, is replaced. By default mpirun ends the whole job
-// when any rank dies; run with `--mca orte_abort_on_non_zero_status 0` (or
-// `--enable-recovery`) for rank 0 to survive it. Workers spawned by a pool are started
-// with that setting already.
+// when any rank dies; run with `--enable-recovery` for rank 0 to survive it (not
+// `--mca orte_abort_on_non_zero_status 0`: with it, mpirun itself hangs after a rank is
+// SIGKILLed). A program run alone turns recovery on for the runtime it brings up.
+// A dead worker on another host is not noticed (its tasks' get(timeout) times out).
 #pragma once
 
 #include <mpi.h>
