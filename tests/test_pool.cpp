@@ -269,6 +269,26 @@ TEST_CASE("apply_async: get(timeout) throws TimeoutError, wait/ready/successful"
     CHECK(r2.get() == 9);
 }
 
+TEST_CASE("A timeout too large for the clock waits as if untimed, a negative one as 0", "[pool]") {
+    // 1e12 s overflowed a nanosecond duration_cast (undefined behaviour that UBSan
+    // reports; in practice a deadline in the past, so the wait returned at once).
+    const mp::Timeout forever{1e12};
+    mp::Pool pool(2);
+    auto r = pool.apply_async(sleepy_sqr, 4, 50);
+    CHECK(r.wait(forever));
+    CHECK(r.get(forever) == 16);
+    auto late = pool.apply_async(sleepy_sqr, 5, 50);
+    CHECK(late.get(forever) == 25);
+    auto it = pool.imap(sqr, std::vector<int>{1, 2, 3});
+    CHECK(it.next(forever) == 1);
+    auto slow = pool.apply_async(sleepy_sqr, 6, 200);
+    CHECK_FALSE(slow.wait(mp::Timeout(-1.0)));
+    CHECK_THROWS_AS(slow.get(mp::Timeout(-1.0)), mp::TimeoutError);
+    CHECK(slow.get(forever) == 36);
+    pool.close();
+    CHECK(pool.join(forever));
+}
+
 TEST_CASE("apply_async: untimed wait() then ready()", "[pool]") {
     mp::Pool pool(2);
     auto r = pool.apply_async(sleepy_sqr, 4, 50);

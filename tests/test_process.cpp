@@ -14,6 +14,7 @@
 #include <cxxabi.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -33,6 +34,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <atomic>
 #include <vector>
 
 #include "support.hpp"
@@ -411,6 +413,38 @@ TEST_CASE("start, is_alive, join(timeout) returning bool, join", "[process]") {
     CHECK(p.join(0s));  // joining a finished process again is fine
     p.join();
     CHECK_FALSE(in_active_children(*p.pid()));
+}
+
+TEST_CASE("join(timeout) keeps its deadline across handled signals (EINTR)", "[process]") {
+    // CPython's _TestPollEintr: a signal every 100 ms must not restart the timeout.
+    struct sigaction quiet{}, old{};
+    quiet.sa_handler = [](int) {};
+    sigemptyset(&quiet.sa_mask);
+    quiet.sa_flags = 0;  // no SA_RESTART: every signal interrupts the wait with EINTR
+    REQUIRE(::sigaction(SIGUSR1, &quiet, &old) == 0);
+    mp::Process p(sleep_ms, 2500);
+    p.set_daemon(true);
+    Reaper reaper{p};
+    p.start();
+    const pthread_t waiter = ::pthread_self();
+    std::atomic<bool> stop{false};
+    std::thread signaller([&] {
+        while (!stop.load()) {
+            ::pthread_kill(waiter, SIGUSR1);
+            std::this_thread::sleep_for(100ms);
+        }
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool joined = p.join(1s);
+    const auto waited = std::chrono::steady_clock::now() - t0;
+    stop = true;
+    signaller.join();
+    ::sigaction(SIGUSR1, &old, nullptr);
+    CHECK_FALSE(joined);
+    CHECK(waited >= 900ms);
+    CHECK(waited < 2s);  // the child runs 2.5 s: a restarted timeout would wait for it
+    p.terminate();
+    p.join();
 }
 
 TEST_CASE("exitcode is 1 when the target throws, and the child reports it on stderr",

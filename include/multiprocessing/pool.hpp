@@ -799,7 +799,8 @@ struct ProcessTransport {
         core.initializer = options.initializer.function();
         // A spawned worker is given the pool's segment first (spawned_worker_main).
         if (core.start_method != StartMethod::fork) core.portable_initializer = options.initializer.portable(1);
-        if (options.task_timeout)
+        // One too large for the clock (as Deadline counts it, beyond ~30 years) is none.
+        if (options.task_timeout && options.task_timeout->count() <= 1e9)
             core.task_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(*options.task_timeout);
         return core;
     }
@@ -891,8 +892,7 @@ public:
     R next() { return unwrap(job_->next(std::nullopt)); }
     // TimeoutError if no result within `timeout`.
     R next(Timeout timeout) {
-        return unwrap(job_->next(std::chrono::steady_clock::now() +
-                                 std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout)));
+        return unwrap(job_->next(detail::Deadline(timeout).at()));
     }
 
     class iterator {
@@ -1044,7 +1044,7 @@ public:
     // Not in Python: every blocking call here has a timed form. True once the workers
     // have exited; false if `timeout` ran out first (call again, or terminate()).
     bool join(Timeout timeout) {
-        return core_->join(std::chrono::duration_cast<std::chrono::nanoseconds>(timeout));
+        return core_->join(detail::Deadline(timeout));
     }
 
     // The pids of the current workers (not in Python's API; handy for tests and tools).

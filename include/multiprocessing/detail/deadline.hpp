@@ -4,10 +4,14 @@
 #pragma once
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <optional>
 #include <string>
+
+#include <poll.h>
 
 namespace multiprocessing::detail {
 
@@ -50,6 +54,24 @@ public:
 private:
     std::optional<Clock::time_point> at_;
 };
+
+// ::ppoll until one of `fds` has an event or the deadline passes, retrying after a signal
+// with the time that is left (never the whole timeout again). Returns the number of fds
+// with events (0: the deadline passed), or -1 with errno for an error other than EINTR.
+inline int poll_until(pollfd* fds, nfds_t n, const Deadline& deadline) noexcept {
+    for (;;) {
+        timespec left{};
+        timespec* wait = nullptr;
+        if (const auto remaining = deadline.remaining()) {
+            const auto ns = remaining->count();
+            left.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+            left.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+            wait = &left;
+        }
+        const int r = ::ppoll(fds, n, wait, nullptr);
+        if (r >= 0 || errno != EINTR) return r;
+    }
+}
 
 // "2.5 s", for error messages about a timeout.
 inline std::string describe_seconds(std::chrono::duration<double> timeout) {

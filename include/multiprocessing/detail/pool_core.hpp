@@ -36,6 +36,7 @@
 
 #include <sys/wait.h>
 
+#include "deadline.hpp"
 #include "../errors.hpp"
 #include "popen_fork.hpp"
 #include "forkserver.hpp"
@@ -241,19 +242,17 @@ public:
 
     // Waits until the workers have exited, at most `timeout` (none: no limit); returns
     // whether they have. ValueError while the pool is still running.
-    bool join(std::optional<std::chrono::nanoseconds> timeout = std::nullopt) {
+    bool join(const Deadline& deadline = Deadline()) {
         if (state_.load(std::memory_order_acquire) == State::running)
             throw ValueError("Pool.join: call close() or terminate() before join()");
         get_logger().debug("joining pool");
         joining_.store(true, std::memory_order_release);
         poke();
-        if (timeout) {
-            const auto deadline = std::chrono::steady_clock::now() + *timeout;
+        if (deadline.timed()) {
             // acquire: pairs with the release store when the background thread finishes.
             while (!finished_.load(std::memory_order_acquire)) {
-                const auto left = deadline - std::chrono::steady_clock::now();
-                if (left.count() <= 0) return false;
-                futex_wait(finished_, 0, left);
+                if (deadline.expired()) return false;
+                futex_wait(finished_, 0, deadline.remaining());
             }
         }
         join_thread();

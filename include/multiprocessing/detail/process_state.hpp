@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "../errors.hpp"
+#include "deadline.hpp"
 
 namespace multiprocessing {
 
@@ -96,12 +97,9 @@ public:
         if (!timeout) return poll_status(/*block=*/true).has_value();
         const int fd = status_fd_ >= 0 ? status_fd_ : pidfd_;
         if (fd >= 0) {
+            // One deadline for the whole wait: a handled signal (EINTR) must not restart it.
             pollfd p{fd, POLLIN, 0};
-            int ms = static_cast<int>(std::max(0.0, *timeout) * 1000.0 + 0.999);
-            int r;
-            do {
-                r = ::poll(&p, 1, ms);
-            } while (r < 0 && errno == EINTR);
+            (void)poll_until(&p, 1, Deadline(std::chrono::duration<double>(*timeout)));
         }
         return poll_status().has_value();
     }

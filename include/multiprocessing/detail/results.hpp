@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "deadline.hpp"
 #include "futex.hpp"
 #include "remote_exception.hpp"
 
@@ -59,8 +60,9 @@ public:
 
     // True if ready within `timeout`.
     bool wait_for(std::chrono::duration<double> timeout) const {
-        return wait_until(std::chrono::steady_clock::now() +
-                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(timeout));
+        // Through Deadline: it saturates a timeout too large for the clock (1e12 s) to
+        // "never" instead of overflowing.
+        return wait_until(Deadline(timeout).at());
     }
 
     std::exception_ptr error() const noexcept { return error_; }

@@ -48,22 +48,11 @@ namespace detail::wire {
     return m;
 }
 
-// ::ppoll until one of `fds` has an event or the deadline passes, retrying on EINTR with
-// the time that is left. Returns the number of fds with events (0: the deadline passed).
-inline int poll_until(pollfd* fds, nfds_t n, const Deadline& deadline) {
-    for (;;) {
-        timespec left{};
-        timespec* wait = nullptr;
-        if (const auto remaining = deadline.remaining()) {
-            const auto ns = remaining->count();
-            left.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
-            left.tv_nsec = static_cast<long>(ns % 1'000'000'000);
-            wait = &left;
-        }
-        const int r = ::ppoll(fds, n, wait, nullptr);
-        if (r >= 0) return r;
-        if (errno != EINTR) throw_errno("multiprocessing.connection: poll");
-    }
+// deadline.hpp's poll_until, with an error other than EINTR thrown.
+inline int poll_or_throw(pollfd* fds, nfds_t n, const Deadline& deadline) {
+    const int r = detail::poll_until(fds, n, deadline);
+    if (r < 0) throw_errno("multiprocessing.connection: poll");
+    return r;
 }
 
 // Data or EOF: anything that makes a read return at once counts, as Python's wait() has it.
@@ -71,7 +60,7 @@ inline constexpr short ready_to_read = POLLIN | POLLHUP | POLLERR | POLLRDHUP;
 
 inline bool readable_within(int fd, const Deadline& deadline) {
     pollfd p{fd, static_cast<short>(POLLIN | POLLRDHUP), 0};
-    return poll_until(&p, 1, deadline) > 0 && (p.revents & (ready_to_read | POLLNVAL));
+    return poll_or_throw(&p, 1, deadline) > 0 && (p.revents & (ready_to_read | POLLNVAL));
 }
 
 // ---- framing -----------------------------------------------------------------------------
@@ -450,7 +439,7 @@ std::vector<C> wait_until(const std::vector<C>& objects, const Deadline& deadlin
         fds.push_back({fd_of(object), static_cast<short>(POLLIN | POLLRDHUP), 0});
     }
     std::vector<C> ready;
-    if (poll_until(fds.data(), fds.size(), deadline) == 0) return ready;
+    if (poll_or_throw(fds.data(), fds.size(), deadline) == 0) return ready;
     for (std::size_t i = 0; i < objects.size(); ++i)
         if (fds[i].revents & (ready_to_read | POLLNVAL)) ready.push_back(objects[i]);
     return ready;
