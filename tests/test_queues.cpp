@@ -547,7 +547,17 @@ TEST_CASE("close(): put and get on that handle throw ValueError (test_closed_que
         CHECK_THROWS_WITH(q.get(), Catch::Contains("closed"));
         CHECK_THROWS_AS(q.get_nowait(), mp::ValueError);
         CHECK_THROWS_AS(q.get(1s), mp::ValueError);
+        CHECK_THROWS_AS(q.empty(), mp::ValueError);
         q.close();  // twice is fine
+    }
+    SECTION("SimpleQueue: empty() too (TestSimpleQueue.test_empty_exceptions)") {
+        mp::SimpleQueue<int> q;
+        CHECK(q.empty());
+        q.close();
+        CHECK_THROWS_AS(q.empty(), mp::ValueError);
+        CHECK_THROWS_WITH(q.empty(), Catch::Contains("closed"));
+        CHECK_THROWS_AS(q.put(1), mp::ValueError);
+        CHECK_THROWS_AS(q.get(), mp::ValueError);
     }
     SECTION("JoinableQueue") {
         mp::JoinableQueue<std::string> q;

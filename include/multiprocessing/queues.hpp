@@ -53,7 +53,11 @@ public:
 
     // Exact while no put() or get() is in flight.
     std::size_t qsize() const { return core().qsize(); }
-    bool empty() const { return core().empty(); }
+    // After close(), as Python's (whose empty() polls the closed reader): ValueError.
+    bool empty() const {
+        check_open("empty");
+        return core().empty();
+    }
     bool full() const { return core().maxsize() != 0 && qsize() >= core().maxsize(); }
 
     // This process will put and get no more through this queue (every copy of the handle
