@@ -949,6 +949,26 @@ TEST_CASE("close() then join() waits for outstanding work", "[pool]") {
     CHECK(r.get(0s) == squares(v));
 }
 
+TEST_CASE("terminate() returns once every busy worker is dead, as Python's joins them", "[pool]") {
+    mp::Pool pool(2);
+    const auto pids = pool.worker_pids();
+    REQUIRE(pids.size() == 2);
+    auto a = pool.apply_async(sleepy_sqr, 1, 30000);
+    auto b = pool.apply_async(sleepy_sqr, 2, 30000);
+    std::this_thread::sleep_for(100ms);  // both workers are inside their task
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.terminate();
+    CHECK(seconds_since(t0) < 2.0);
+    for (pid_t pid : pids) {
+        errno = 0;
+        // Reaped, not only signalled: kill(pid, 0) finds nothing (a zombie would still be found).
+        CHECK(::kill(pid, 0) == -1);
+        CHECK(errno == ESRCH);
+    }
+    CHECK_THROWS_AS(a.get(0s), mp::ProcessError);
+    CHECK(pool.join(5s));
+}
+
 TEST_CASE("terminate(): an unfinished result's get() throws ProcessError at once", "[pool][fork]") {
     Pipe started;
     mp::Pool pool(1);

@@ -234,11 +234,18 @@ public:
         poke();
     }
 
+    // Returns once the background thread has stopped the workers (process workers are
+    // killed, so that is at once), as Python's terminate() joins them; called from a
+    // callback (the background thread itself) it only asks. The wait has a bound, so a
+    // worker that cannot die (a thread running a long task) never hangs the caller.
     void terminate() {
         if (state_.load(std::memory_order_relaxed) != State::terminating) get_logger().debug("terminating pool");
         state_.store(State::terminating, std::memory_order_release);
         poke();
+        if (!thread_.joinable() || std::this_thread::get_id() == thread_.get_id()) return;
+        (void)await_finished(Deadline(terminate_wait_limit));
     }
+    static constexpr std::chrono::seconds terminate_wait_limit{10};
 
     // Waits until the workers have exited, at most `timeout` (none: no limit); returns
     // whether they have. ValueError while the pool is still running.
@@ -248,13 +255,7 @@ public:
         get_logger().debug("joining pool");
         joining_.store(true, std::memory_order_release);
         poke();
-        if (deadline.timed()) {
-            // acquire: pairs with the release store when the background thread finishes.
-            while (!finished_.load(std::memory_order_acquire)) {
-                if (deadline.expired()) return false;
-                futex_wait(finished_, 0, deadline.remaining());
-            }
-        }
+        if (deadline.timed() && !await_finished(deadline)) return false;
         join_thread();
         return true;
     }
@@ -274,6 +275,16 @@ protected:
     // Wakes the background thread (a state change, a new task).
     virtual void poke() noexcept = 0;
     virtual std::string too_large_message(const Task& task) const = 0;
+
+    // Whether the background thread finished (workers reaped) before the deadline.
+    bool await_finished(const Deadline& deadline) {
+        // acquire: pairs with the release store when the background thread finishes.
+        while (!finished_.load(std::memory_order_acquire)) {
+            if (deadline.expired()) return false;
+            futex_wait(finished_, 0, deadline.remaining());
+        }
+        return true;
+    }
 
     // A derived destructor calls this first: the thread uses the derived object.
     void stop_thread() {
