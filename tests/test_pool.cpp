@@ -107,7 +107,7 @@ void require_rethrown_as(F&& call, const std::string& what) {
 int sqr(int x) { return x * x; }
 int mul(int a, int b) { return a * b; }
 int forty_two() { return 42; }
-long long sqr_ll(long long x) { return x * x; }
+static long long sqr_ll(long long x) { return x * x; }
 
 int sleepy_sqr(int x, int ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
@@ -453,6 +453,40 @@ TEST_CASE("map takes any input range", "[pool]") {
 
     std::vector<std::string> names{"ann", "bob"};
     CHECK(pool.map(greet, names) == std::vector<std::string>{"hello ann", "hello bob"});
+}
+
+static long long sqr_ll(long long x) { return x * x; }
+
+// What std::vector's iterator-pair constructor and std::advance refuse: an iota over long
+// long or unsigned (its difference type is an integer class), a view with no common end
+// (take_while), and an input-only range, through every map form.
+template <class Pool>
+void check_any_input_range(Pool& pool) {
+    const auto big = pool.map(sqr_ll, std::views::iota(0LL, 1000LL));
+    REQUIRE(big.size() == 1000);
+    CHECK(big[999] == 999LL * 999LL);
+    CHECK(pool.map_async(sqr_ll, std::views::iota(0LL, 4LL)).get() == std::vector<long long>{0, 1, 4, 9});
+    CHECK(pool.map(sqr_ll, std::views::iota(std::uint64_t{2}, std::uint64_t{4})) == std::vector<long long>{4, 9});
+    long long sum = 0;
+    for (long long x : pool.imap(sqr_ll, std::views::iota(0LL, 10LL))) sum += x;
+    CHECK(sum == 285);
+    sum = 0;
+    for (long long x : pool.imap_unordered(sqr_ll, std::views::iota(0LL, 10LL), 3)) sum += x;
+    CHECK(sum == 285);
+    auto below_five = std::views::iota(0) | std::views::take_while([](int x) { return x < 5; });
+    CHECK(pool.map(sqr, below_five) == std::vector<int>{0, 1, 4, 9, 16});
+    CHECK(pool.map_async(sqr, below_five).get() == std::vector<int>{0, 1, 4, 9, 16});
+    std::istringstream in("6 7");
+    CHECK(pool.map_async(sqr, std::ranges::istream_view<int>(in)).get() == std::vector<int>{36, 49});
+    auto pairs = std::views::iota(0LL, 3LL) | std::views::transform([](long long i) { return std::tuple{int(i), 2}; });
+    CHECK(pool.starmap(mul, pairs) == std::vector<int>{0, 2, 4});
+}
+
+TEST_CASE("map, map_async, imap and starmap take iota<long long>, take_while and input-only ranges", "[pool]") {
+    mp::Pool pool(2);
+    check_any_input_range(pool);
+    mp::dummy::Pool threads(2);
+    check_any_input_range(threads);
 }
 
 TEST_CASE("map where one item throws: map throws that exception", "[pool]") {

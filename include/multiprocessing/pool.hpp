@@ -1087,11 +1087,16 @@ private:
     static std::shared_ptr<const std::vector<T>> materialize(Range&& range) {
         if constexpr (std::is_same_v<std::remove_cvref_t<Range>, std::vector<T>> && !std::is_lvalue_reference_v<Range>) {
             return std::make_shared<const std::vector<T>>(std::move(range));
-        } else if constexpr (std::ranges::forward_range<Range>) {
-            auto common = range | std::views::common;
-            return std::make_shared<const std::vector<T>>(std::ranges::begin(common), std::ranges::end(common));
+        } else if constexpr (std::ranges::contiguous_range<Range> && std::ranges::sized_range<Range> &&
+                             std::is_same_v<std::ranges::range_value_t<Range>, T>) {
+            const auto* data = std::ranges::data(range);
+            return std::make_shared<const std::vector<T>>(data, data + std::ranges::size(range));
         } else {
+            // Element by element: std::vector's iterator-pair constructor wants a C++17
+            // iterator, which views such as iota<long long> (an integer-class difference
+            // type), take_while (no common end) and istream_view are not.
             auto v = std::make_shared<std::vector<T>>();
+            if constexpr (std::ranges::sized_range<Range>) v->reserve(static_cast<std::size_t>(std::ranges::size(range)));
             for (auto&& x : range) v->emplace_back(std::forward<decltype(x)>(x));
             return v;
         }
@@ -1134,7 +1139,7 @@ private:
                     const std::size_t count = std::min(size, n - begin);
                     core_->submit(std::make_unique<typename Transport::template MapChunk<Star, Fn, T, decltype(first)>>(
                         fn, first, begin, count, keep_alive, job));
-                    std::advance(first, count);
+                    std::ranges::advance(first, static_cast<std::iter_difference_t<decltype(first)>>(count));
                 }
             } catch (...) {
                 // A chunk was refused (too large, pool closed meanwhile): none of this map's
@@ -1146,7 +1151,7 @@ private:
         };
         if constexpr (std::ranges::forward_range<Range> && std::ranges::sized_range<Range>) {
             if (borrowed_job) {
-                submit_chunks(std::ranges::begin(range), std::ranges::size(range), nullptr);
+                submit_chunks(std::ranges::begin(range), static_cast<std::size_t>(std::ranges::size(range)), nullptr);
                 return MapResult<R>(std::move(slot));
             }
         }
@@ -1169,7 +1174,7 @@ private:
         auto job = std::make_shared<detail::IMapJob<R>>(core_, ordered, window);
         if (progress) {
             std::optional<std::uint64_t> total;  // a lazy input's length is not known: count only
-            if constexpr (std::ranges::sized_range<Range>) total = std::ranges::size(range);
+            if constexpr (std::ranges::sized_range<Range>) total = static_cast<std::uint64_t>(std::ranges::size(range));
             job->show_progress(ordered ? "imap" : "imap_unordered", total);
         }
         // The input range: owned when given as an rvalue, referred to when an lvalue
