@@ -455,8 +455,6 @@ TEST_CASE("map takes any input range", "[pool]") {
     CHECK(pool.map(greet, names) == std::vector<std::string>{"hello ann", "hello bob"});
 }
 
-static long long sqr_ll(long long x) { return x * x; }
-
 // What std::vector's iterator-pair constructor and std::advance refuse: an iota over long
 // long or unsigned (its difference type is an integer class), a view with no common end
 // (take_while), and an input-only range, through every map form.
@@ -471,7 +469,7 @@ void check_any_input_range(Pool& pool) {
     for (long long x : pool.imap(sqr_ll, std::views::iota(0LL, 10LL))) sum += x;
     CHECK(sum == 285);
     sum = 0;
-    for (long long x : pool.imap_unordered(sqr_ll, std::views::iota(0LL, 10LL), 3)) sum += x;
+    for (long long x : pool.imap_unordered(sqr_ll, std::views::iota(0LL, 10LL), {.chunksize = 3})) sum += x;
     CHECK(sum == 285);
     auto below_five = std::views::iota(0) | std::views::take_while([](int x) { return x < 5; });
     CHECK(pool.map(sqr, below_five) == std::vector<int>{0, 1, 4, 9, 16});
