@@ -958,6 +958,8 @@ inline void same_image_marker() {}
 
 using PoolRunner = std::vector<std::byte> (*)(ServedPool&, ByteReader&);
 
+// The runners below decode a callable, which is code addresses (get_callable): they are
+// reached only through "run", after its check that the caller is one of our own processes.
 template <class Fn, class... A>
 std::vector<std::byte> run_apply(ServedPool& served, ByteReader& in) {
     Fn fn = get_callable<Fn>(in);
@@ -1627,6 +1629,9 @@ protected:
 private:
     // What a server started by spawn or forkserver repeats: each register_(name, callable)
     // as the address of a function that redoes it, and the name and callable encoded.
+    // These are code addresses, and the server calls them: they reach it only through
+    // the spawn bootstrap (a pipe from the owner that only that child can read, see
+    // spawned_server_main), never from a socket.
     using Replay = void(BaseManager&, detail::ByteReader&);
     template <class F>
     void note_registration(const std::string& name, const F& callable) {

@@ -511,7 +511,9 @@ private:
             if (fd >= 0) ::close(fd);
             reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        // After a drop, only as long as its thread needs to close the fd; otherwise long
+        // enough not to spin on a queue we cannot take from.
+        std::this_thread::sleep_for(dropped ? std::chrono::milliseconds(1) : std::chrono::milliseconds(5));
     }
 
     // Whether a new connection may stay; records it when it may.
