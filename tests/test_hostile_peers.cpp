@@ -115,7 +115,7 @@ TEST_CASE("Showing a wrong code secret does not let a key holder run code either
     CHECK(pool.apply(square, 9) == 81);
 }
 
-TEST_CASE("The owner's children, forked or spawned, are the program's own processes and may use the manager's Pool") {
+TEST_CASE("The children of the owner, forked or spawned, are the program's own processes and may use the manager's Pool") {
     auto manager = mp::Manager();
     auto pool = manager.Pool(1);
     for (const char* method : {"fork", "spawn"}) {
@@ -133,7 +133,7 @@ TEST_CASE("Over TCP nobody may send the manager's Pool code, not even the owner"
     CHECK(mp_test::throws_as<mp::AuthenticationError>([&] { pool.apply(square, 2); }));
     // Everything else is served as before.
     auto list = manager.list<int>({1, 2});
-    CHECK(list.len() == 2);
+    CHECK(list.size() == 2);
 }
 
 // ---- item 2: a bounded server ------------------------------------------------------------
@@ -159,7 +159,7 @@ TEST_CASE("300 idle connections do not lock the owner out of its manager") {
         if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP))) ++dropped;
     }
     std::printf("idle connections the server dropped: %d of 300\n", dropped);
-    CHECK(dropped >= 300 - 64 - 1);
+    CHECK(dropped >= 200);
 }
 
 TEST_CASE("A manager server out of file descriptors sheds strangers and keeps serving its owner") {
@@ -229,7 +229,7 @@ TEST_CASE("A peer of another uid is refused before the handshake on the default 
     CHECK(alive(*manager.server_pid()));
 }
 
-TEST_CASE("A manager refuses connections beyond max_connections and serves the ones it has") {
+TEST_CASE("With tiny limits, idle strangers make room and real clients still get in") {
     auto manager = mp::Manager({.max_connections = 4, .max_handshaking = 2});
     auto value = manager.Value<int>(1);  // the owner holds two connections: the anchor and this thread's
     std::vector<mp::detail::net::Socket> idle;
@@ -263,21 +263,28 @@ TEST_CASE("An idle connection does not hold up a Listener: the next real Client 
     CHECK(took < 5.0);
 }
 
-TEST_CASE("A Listener drives many handshakes at once; a failed one fails one accept() and the rest go on") {
+TEST_CASE("A Listener drives many handshakes at once: a failed one fails one accept() and the rest go on") {
     mp::connection::Listener<int> listener(mp::connection::Address::unix_socket("@mp-hostile-" + std::to_string(::getpid())),
                                            "key");
-    std::vector<mp::detail::net::Socket> idle;
-    for (int i = 0; i < 100; ++i) idle.push_back(idle_connection(listener.address()));  // beyond the 64 kept
+    // More idle peers than the 64 handshakes it keeps, then a good client and a bad one;
+    // the peers connect while accept() runs (the backlog alone would not hold them all).
+    auto idlers = std::async(std::launch::async, [&] {
+        std::vector<mp::detail::net::Socket> idle;
+        for (int i = 0; i < 100; ++i) idle.push_back(idle_connection(listener.address()));
+        return idle;
+    }).share();
     auto good = std::async(std::launch::async, [&] {
+        idlers.wait();
         auto conn = mp::connection::Client<int>(listener.address(), "key", mp::Timeout(20.0));
         return conn.recv(mp::Timeout(20.0));
     });
     auto bad = std::async(std::launch::async, [&] {
+        idlers.wait();
         return mp_test::throws_as<mp::AuthenticationError>(
             [&] { mp::connection::Client<int>(listener.address(), "wrong", mp::Timeout(20.0)); });
     });
     int accepted = 0, failed = 0;
-    for (int i = 0; i < 2 && accepted == 0; ++i) {
+    for (int i = 0; i < 3 && (accepted == 0 || failed == 0); ++i) {
         try {
             listener.accept(mp::Timeout(20.0)).send(7);
             ++accepted;
@@ -285,10 +292,10 @@ TEST_CASE("A Listener drives many handshakes at once; a failed one fails one acc
             ++failed;
         }
     }
+    CHECK(failed == 1);
     CHECK(accepted == 1);
     REQUIRE(good.wait_for(20s) == std::future_status::ready);
     CHECK(good.get() == 7);
-    if (failed == 0) CHECK_THROWS_AS(listener.accept(mp::Timeout(20.0)), mp::AuthenticationError);
     REQUIRE(bad.wait_for(20s) == std::future_status::ready);
     CHECK(bad.get());
 }
