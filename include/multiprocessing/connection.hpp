@@ -824,7 +824,7 @@ private:
                 fds.push_back(pollfd{p.handshake.fd(), static_cast<short>(POLLIN | POLLRDHUP), 0});
                 if (!wake.timed() || *p.handshake.deadline().at() < *wake.at()) wake = p.handshake.deadline();
             }
-            if (detail::wire::poll_until(fds.data(), fds.size(), wake) == 0) {
+            if (detail::wire::poll_or_throw(fds.data(), fds.size(), wake) == 0) {
                 if (deadline.expired()) throw timed_out();
                 continue;
             }
