@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -516,23 +517,162 @@ inline net::Socket client_socket(const connection::Address& address, const std::
     return socket;
 }
 
+// The server side of the handshake (auth::server_handshake) on one connection, taken a
+// step at a time as the peer's frames arrive, so that a Listener can drive many at once
+// from one accept(): a peer that connects and says nothing then delays nobody else.
+// Each step reads only what is already there (never past the frame it waits for: what
+// follows the handshake is the application's), and sends a frame of a few dozen bytes.
+class ServerHandshake {
+public:
+    ServerHandshake(net::Socket socket, std::string_view authkey, Deadline deadline)
+        : socket_(std::move(socket)), authkey_(authkey), deadline_(deadline) {
+        message_ = auth::digest_tag;
+        unsigned char nonce[auth::challenge_length];
+        auth::random_bytes(nonce, sizeof nonce);
+        message_.append(reinterpret_cast<const char*>(nonce), sizeof nonce);
+        auth::send_handshake_frame(socket_.fd(), std::string(auth::challenge_tag) + message_, "the challenge");
+    }
+
+    int fd() const noexcept { return socket_.fd(); }
+    const Deadline& deadline() const noexcept { return deadline_; }
+    net::Socket take_socket() noexcept { return std::move(socket_); }
+
+    // Reads what arrived and takes every step it allows. True once the peer is
+    // authenticated both ways; AuthenticationError when it failed (as server_handshake
+    // says it), false while it has more to send.
+    bool advance() {
+        for (;;) {
+            std::optional<std::string> frame = read_frame();
+            if (!frame) return false;
+            switch (step_) {
+                case Step::answer: {
+                    const std::string& response = *frame;
+                    const bool digest_shaped = response.size() == auth::digest_tag.size() + auth::digest_length &&
+                                               response.starts_with(auth::digest_tag);
+                    if (!digest_shaped || !auth::verify_response(authkey_, message_, response)) {
+                        try {
+                            wire::send_frame(fd(), auth::bytes_of(auth::failure), "authentication: sending the verdict");
+                        } catch (const std::system_error&) {
+                        }
+                        if (!digest_shaped)
+                            auth::throw_not_ours("the answer to our challenge is not an HMAC-SHA256 digest (" +
+                                                 std::to_string(response.size()) + " bytes)");
+                        throw AuthenticationError("authentication failed: the peer's authkey does not match ours (its "
+                                                  "answer to our challenge is wrong)");
+                    }
+                    auth::send_handshake_frame(fd(), auth::welcome, "the verdict");
+                    step_ = Step::challenge;
+                    break;
+                }
+                case Step::challenge: {
+                    const std::string& challenge = *frame;
+                    if (!challenge.starts_with(auth::challenge_tag))
+                        auth::throw_not_ours("what it sent first is not a challenge");
+                    const std::string_view message = std::string_view(challenge).substr(auth::challenge_tag.size());
+                    if (message.size() < auth::minimum_challenge_length)
+                        auth::throw_not_ours("its challenge is too short (" + std::to_string(message.size()) +
+                                             " bytes)");
+                    if (!message.starts_with(auth::digest_tag))
+                        throw AuthenticationError(
+                            "authentication failed: the peer asks for a digest other than HMAC-SHA256; only {sha256} "
+                            "is supported");
+                    auth::send_handshake_frame(fd(), auth::create_response(authkey_, message),
+                                               "the answer to the challenge");
+                    step_ = Step::verdict;
+                    break;
+                }
+                case Step::verdict:
+                    if (*frame == auth::welcome) return true;
+                    if (*frame == auth::failure)
+                        throw AuthenticationError("authentication failed: our authkey does not match the peer's (it "
+                                                  "rejected our answer to its challenge)");
+                    auth::throw_not_ours("its verdict on our answer is neither #WELCOME# nor #FAILURE#");
+            }
+        }
+    }
+
+private:
+    enum class Step { answer, challenge, verdict };
+
+    const char* waiting_for() const noexcept {
+        switch (step_) {
+            case Step::answer: return "the answer to our challenge";
+            case Step::challenge: return "a challenge";
+            case Step::verdict: return "the verdict on our answer";
+        }
+        return "";
+    }
+
+    // The next whole frame, or nothing while part of it is still on its way.
+    std::optional<std::string> read_frame() {
+        for (;;) {
+            std::size_t want = wire::frame_header_size;
+            if (buffer_.size() >= wire::frame_header_size) {
+                const std::uint64_t length = wire::decode_frame_header(buffer_.data());
+                if (length > auth::max_handshake_frame)
+                    auth::throw_not_ours("oversized message: the header claims " + std::to_string(length) +
+                                         " bytes, more than a handshake frame can be (" +
+                                         std::to_string(auth::max_handshake_frame) + ")");
+                want += static_cast<std::size_t>(length);
+                if (buffer_.size() == want) {
+                    std::string frame(reinterpret_cast<const char*>(buffer_.data()) + wire::frame_header_size,
+                                      want - wire::frame_header_size);
+                    buffer_.clear();
+                    return frame;
+                }
+            }
+            const std::size_t have = buffer_.size();
+            buffer_.resize(want);
+            const ssize_t k = ::recv(fd(), buffer_.data() + have, want - have, MSG_DONTWAIT);
+            if (k > 0) {
+                buffer_.resize(have + static_cast<std::size_t>(k));
+                continue;
+            }
+            buffer_.resize(have);
+            if (k < 0 && errno == EINTR) continue;
+            if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return std::nullopt;
+            if (have > 0) auth::throw_not_ours("it closed the connection in the middle of a handshake frame");
+            throw AuthenticationError(std::string("authentication failed: the peer closed the connection while we "
+                                                  "waited for ") +
+                                      waiting_for() +
+                                      ": it rejected us, expects no authkey, or is not a multiprocessing Listener, "
+                                      "Client or manager");
+        }
+    }
+
+    net::Socket socket_;
+    std::string authkey_;
+    Deadline deadline_;
+    std::string message_;  // our challenge without its tag: what the answer must sign
+    Step step_ = Step::answer;
+    std::vector<std::byte> buffer_;
+};
+
 }  // namespace detail
 
 namespace connection {
 
 // Python's multiprocessing.connection.Listener: listens on a TCP or AF_UNIX address and
-// gives a Connection<T> per Client. With an authkey, each accept() first runs the HMAC
-// challenge in both directions; a client with another key (or one that is not a Client)
-// fails that accept() with AuthenticationError, and the next accept() serves the next
-// client. Move-only; close() may come from another thread and wakes a blocked accept().
+// gives a Connection<T> per Client. With an authkey, every connection first runs the
+// HMAC challenge in both directions; a client with another key (or one that is not a
+// Client) fails an accept() with AuthenticationError, and the next accept() serves the
+// next client. Unlike Python's, accept() drives the handshakes of every connection that
+// has arrived at once (up to max_pending_handshakes, the oldest dropped beyond), so a
+// peer that connects and says nothing holds up no other client. Move-only; close() may
+// come from another thread and wakes a blocked accept().
 template <class T>
 class Listener {
 public:
-    // backlog: how many connections may wait for accept() (Python's default is 1; more
-    // arrivals wait in connect, they are not refused). An empty authkey is a key (as
-    // b'' is in Python); std::nullopt means no handshake.
+    // Connections in the middle of the handshake that accept() keeps; a newer one
+    // beyond makes it drop the one that has waited longest.
+    static constexpr std::size_t max_pending_handshakes = 64;
+
+    // backlog: how many connections may wait for accept() (Python's default is 1, which
+    // lets one silent peer fill the queue; more arrivals wait in connect, they are not
+    // refused). An empty authkey is a key (as b'' is in Python); std::nullopt means no
+    // handshake.
     explicit Listener(Address address = {"127.0.0.1", 0}, std::optional<std::string> authkey = std::nullopt,
-                      int backlog = 1)
+                      int backlog = 16)
         : state_(std::make_unique<State>(detail::net::ListeningSocket(address, std::max(backlog, 0)),
                                          std::move(authkey))) {
         detail::require_transferable<T>();
@@ -541,8 +681,9 @@ public:
     Listener& operator=(Listener&&) noexcept = default;
     ~Listener() = default;
 
-    // Waits for a client. With an authkey the handshake must then finish within
-    // detail::auth::default_handshake_timeout; AuthenticationError when it fails.
+    // Waits for a client. With an authkey its handshake must finish within
+    // detail::auth::default_handshake_timeout of its connecting; AuthenticationError
+    // when one fails (or times out).
     Connection<T> accept() { return accept_until(detail::Deadline(), std::nullopt); }
     // TimeoutError when nobody connects within `timeout`. The handshake that follows a
     // connection has its own limit, as above.
@@ -586,6 +727,14 @@ private:
         detail::net::ListeningSocket listening;
         const std::optional<std::string> authkey;
         const pid_t owner = ::getpid();
+        // One accept() at a time drives the handshakes (timed, so accept(timeout) also
+        // gives up while another thread is the one accepting).
+        detail::DeadlineLock accept_lock;
+        struct Pending {
+            detail::ServerHandshake handshake;
+            std::optional<Address> peer;
+        };
+        std::list<Pending> pending;  // arrival order; guarded by accept_lock
         mutable std::mutex mutex;
         int accepting = 0;  // threads of `owner` inside accept()
         bool closed = false;
@@ -635,48 +784,100 @@ private:
         return std::nullopt;
     }
 
+    [[noreturn]] static void fail_handshake(const char* op, const std::optional<Address>& peer, const char* why,
+                                            const std::string& detail_text) {
+        const std::string who = "a client" + (peer ? " from " + peer->to_string() : std::string());
+        throw AuthenticationError(detail::wire::error_text(
+            op, who + " " + why + " and was dropped (the next accept() waits for another): " + detail_text));
+    }
+
     Connection<T> accept_until(const detail::Deadline& deadline, std::optional<Timeout> timeout) {
         constexpr const char* op = "Listener.accept";
         State& s = state();
-        detail::net::Socket socket;
-        {
-            Accepting in_use(s);
-            std::optional<detail::net::Socket> accepted;
-            try {
-                accepted = s.listening.accept(deadline);
-            } catch (const ProcessError&) {
-                // Woken by close() from another thread: say so, as for any closed Listener.
-                if (closed()) throw_closed();
-                throw;
+        auto timed_out = [&] {
+            return TimeoutError(detail::wire::error_text(
+                op, "no client connected to " + s.listening.address().to_string() + " within " +
+                        detail::describe_seconds(*timeout)));
+        };
+        std::unique_lock accepting_lock(s.accept_lock, std::defer_lock);
+        if (!deadline.timed())
+            accepting_lock.lock();
+        else if (!accepting_lock.try_lock_until(*deadline.at()))
+            throw timed_out();
+        Accepting in_use(s);
+        // A forked child does not go on with its parent's handshakes.
+        if (::getpid() != s.owner) s.pending.clear();
+        std::vector<pollfd> fds;
+        for (;;) {
+            // Handshakes past their time fail, one per accept() as Python's would.
+            for (auto it = s.pending.begin(); it != s.pending.end(); ++it) {
+                if (!it->handshake.deadline().expired()) continue;
+                const auto peer = it->peer;
+                s.pending.erase(it);
+                fail_handshake(op, peer, "did not finish the handshake in time",
+                               "no answer within " + detail::describe_seconds(detail::auth::default_handshake_timeout));
             }
-            if (!accepted)
-                throw TimeoutError(detail::wire::error_text(
-                    op, "no client connected to " + s.listening.address().to_string() + " within " +
-                            detail::describe_seconds(*timeout)));
-            socket = std::move(*accepted);
-        }
-        const auto peer = peer_of(socket.fd());
-        {
-            std::lock_guard lock(s.mutex);
-            s.last_accepted = peer;
-        }
-        if (s.authkey) {
-            const std::string who = "a client" + (peer ? " from " + peer->to_string() : std::string());
-            try {
-                detail::auth::server_handshake(socket.fd(), *s.authkey,
-                                               detail::Deadline(detail::auth::default_handshake_timeout));
-            } catch (const TimeoutError& e) {
-                // The caller waits for an authenticated client: one that stalls has failed.
-                throw AuthenticationError(detail::wire::error_text(
-                    op, who + " did not finish the handshake in time and was dropped (the next accept() waits for "
-                              "another): " + e.what()));
-            } catch (const AuthenticationError& e) {
-                throw AuthenticationError(detail::wire::error_text(
-                    op, who + " failed the handshake and was dropped (the next accept() waits for another): " +
-                            e.what()));
+            // The listening socket and every pending handshake; woken at the earliest deadline.
+            fds.assign(1, pollfd{s.listening.fd(), POLLIN, 0});
+            detail::Deadline wake = deadline;
+            for (auto& p : s.pending) {
+                fds.push_back(pollfd{p.handshake.fd(), static_cast<short>(POLLIN | POLLRDHUP), 0});
+                if (!wake.timed() || *p.handshake.deadline().at() < *wake.at()) wake = p.handshake.deadline();
+            }
+            if (detail::wire::poll_or_throw(fds.data(), fds.size(), wake) == 0) {
+                if (deadline.expired()) throw timed_out();
+                continue;
+            }
+            // Pending handshakes first: they arrived before anything still in the queue.
+            std::size_t i = 1;
+            for (auto it = s.pending.begin(); it != s.pending.end(); ++i) {
+                const short revents = fds[i].revents;
+                if (!revents) {
+                    ++it;
+                    continue;
+                }
+                bool done = false;
+                try {
+                    done = it->handshake.advance();
+                } catch (const AuthenticationError& e) {
+                    const auto peer = it->peer;
+                    s.pending.erase(it);
+                    fail_handshake(op, peer, "failed the handshake", e.what());
+                }
+                if (!done) {
+                    ++it;
+                    continue;
+                }
+                detail::net::Socket socket = it->handshake.take_socket();
+                s.pending.erase(it);
+                return Connection<T>(std::move(socket));
+            }
+            if (fds[0].revents) {
+                std::optional<detail::net::Socket> accepted;
+                try {
+                    accepted = s.listening.accept(detail::Deadline::now());
+                } catch (const ProcessError&) {
+                    // Woken by close() from another thread: say so, as for any closed Listener.
+                    if (closed()) throw_closed();
+                    throw;
+                }
+                if (!accepted) continue;
+                const auto peer = peer_of(accepted->fd());
+                {
+                    std::lock_guard lock(s.mutex);
+                    s.last_accepted = peer;
+                }
+                if (!s.authkey) return Connection<T>(std::move(*accepted));
+                try {
+                    s.pending.push_back({detail::ServerHandshake(std::move(*accepted), *s.authkey,
+                                                                 detail::Deadline(detail::auth::default_handshake_timeout)),
+                                         peer});
+                } catch (const AuthenticationError& e) {
+                    fail_handshake(op, peer, "failed the handshake", e.what());
+                }
+                if (s.pending.size() > max_pending_handshakes) s.pending.pop_front();
             }
         }
-        return Connection<T>(std::move(socket));
     }
 
     std::unique_ptr<State> state_;

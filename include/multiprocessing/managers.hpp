@@ -947,12 +947,19 @@ struct ServedPool {
 };
 
 // The server runs a pool call through a function of the client's program, named by its
-// address. That address means the same code only in a server forked from the client's
-// own program (Manager(), start()); this marker's address tells the server whether it is.
+// address, on a callable that is itself code addresses (detail/callable.hpp). Bytes from
+// a socket must never become code to call, so the server takes them only from a
+// connection that proved it is a process of the program that started it (AF_UNIX, our
+// uid, and the server's code secret: ServerCore::set_code_secret); any other caller,
+// whatever key it holds, gets AuthenticationError. This marker's address then checks
+// that the image is the same (a connect()ed program that shares the secret only by
+// being forked from the server's program is; anything else is refused, not run).
 inline void same_image_marker() {}
 
 using PoolRunner = std::vector<std::byte> (*)(ServedPool&, ByteReader&);
 
+// The runners below decode a callable, which is code addresses (get_callable): they are
+// reached only through "run", after its check that the caller is one of our own processes.
 template <class Fn, class... A>
 std::vector<std::byte> run_apply(ServedPool& served, ByteReader& in) {
     Fn fn = get_callable<Fn>(in);
@@ -1009,6 +1016,12 @@ struct served<detail::ServedPool> {
         using detail::add_method;
         detail::method_list<S> m;
         add_method<S>(m, "run", [](S& s, std::uint64_t marker, std::uint64_t runner, std::vector<std::byte> payload) {
+            if (!detail::current_caller().may_run_code)
+                throw AuthenticationError(
+                    "manager Pool: this connection may not send functions to run: only processes of the program "
+                    "that started the manager (the owner, its children, or a process forked from the server's "
+                    "program that connect()s over its unix socket) may; a key alone is not enough, as code "
+                    "addresses from a socket would let any key holder run any code in the server");
             if (marker != detail::address_of_code(&detail::same_image_marker))
                 throw ValueError("manager Pool: functions can be sent only to a manager this program started "
                                  "itself (Manager() or start()), which runs the same code");
@@ -1401,6 +1414,16 @@ struct ManagerOptions {
     // exposed methods) must travel as a task's do: function pointers, member function
     // pointers, lambdas with trivially copyable captures.
     std::optional<Context> context = {};
+    // Limits of a server this manager starts or serves (get_server()). Connections
+    // open at once, authenticated or not:
+    std::size_t max_connections = 1024;
+    // of which still in the handshake (a peer needs no key to open one; when full, the
+    // oldest is dropped for a newcomer):
+    std::size_t max_handshaking = 64;
+    // On a unix socket (the default address is an abstract one), peers of another uid
+    // are refused before the handshake; true lets them try the key. TCP cannot tell
+    // users apart: there, only the key does.
+    bool allow_other_users = false;
 };
 
 class BaseManager;
@@ -1415,8 +1438,9 @@ public:
 
 private:
     friend class BaseManager;
-    Server(std::shared_ptr<detail::ServerCore> core, detail::net::ListeningSocket listener, std::string authkey)
-        : loop_(std::move(core), std::move(listener), std::move(authkey)) {}
+    Server(std::shared_ptr<detail::ServerCore> core, detail::net::ListeningSocket listener, std::string authkey,
+           detail::ServerLimits limits)
+        : loop_(std::move(core), std::move(listener), std::move(authkey), limits) {}
     detail::ServerLoop loop_;
 };
 
@@ -1502,7 +1526,11 @@ public:
         if (client_) throw ValueError("BaseManager.get_server: this manager already started or connected");
         if (!server_) {
             const Address where = listen_address();
-            server_.reset(new Server(core_, detail::net::ListeningSocket(where), authkey_for_server()));
+            detail::net::ListeningSocket listening(where);
+            const std::string secret = detail::auth::random_authkey();
+            core_->set_code_secret(secret);
+            local_code_secret_for(listening.address(), secret);
+            server_.reset(new Server(core_, std::move(listening), authkey_for_server(), server_limits()));
         }
         return *server_;
     }
@@ -1522,7 +1550,8 @@ public:
             throw ValueError("BaseManager.connect: give the server's address in ManagerOptions.address");
         if (options_.authkey.empty())
             throw AuthenticationError("BaseManager.connect: give the server's authkey in ManagerOptions.authkey");
-        auto client = std::make_shared<detail::ClientCore>(options_.address, options_.authkey, options_.connect_timeout);
+        auto client = std::make_shared<detail::ClientCore>(options_.address, options_.authkey, options_.connect_timeout,
+                                                           local_code_secret_for(options_.address));
         client->request(detail::Op::ping, 0, {}, nullptr);
         client_ = std::move(client);
     }
@@ -1600,6 +1629,9 @@ protected:
 private:
     // What a server started by spawn or forkserver repeats: each register_(name, callable)
     // as the address of a function that redoes it, and the name and callable encoded.
+    // These are code addresses, and the server calls them: they reach it only through
+    // the spawn bootstrap (a pipe from the owner that only that child can read, see
+    // spawned_server_main), never from a socket.
     using Replay = void(BaseManager&, detail::ByteReader&);
     template <class F>
     void note_registration(const std::string& name, const F& callable) {
@@ -1656,7 +1688,8 @@ private:
     }
     static int spawned_server_main(detail::ByteReader& in);
     static int serve_in_child(const std::shared_ptr<detail::ServerCore>& core, const Address& where,
-                              const std::string& key, pid_t owner, int ready_fd, bool close_inherited, bool forked);
+                              const std::string& key, const detail::ServerLimits& limits, pid_t owner, int ready_fd,
+                              bool close_inherited, bool forked);
 
     template <class S, class R, class F, class... A>
     void register_object(std::string name, F callable, std::shared_ptr<const detail::method_list<S>> methods,
@@ -1727,6 +1760,31 @@ private:
                                     std::to_string(detail::random_u64()));
     }
 
+    detail::ServerLimits server_limits() const {
+        return {.max_connections = options_.max_connections,
+                .max_handshaking = options_.max_handshaking,
+                .handshake_timeout = detail::handshake_timeout,
+                .same_user_only = !options_.allow_other_users};
+    }
+
+    // The code secrets of the servers this process (or the process it was forked from)
+    // started or serves, by address: a manager that connect()s to one of them from here
+    // is one of that program's own processes. The secret lives only in memory (and in a
+    // spawned child's bootstrap pipe), never in an address or a file.
+    // The code secret of a server this process (or the process it was forked from)
+    // started or serves at `where`, remembered when `secret` is given: a manager that
+    // connect()s there from here is one of that program's own processes. The secret
+    // lives only in memory (and in a spawned child's bootstrap pipe), never in an
+    // address, an authkey or a file.
+    static std::string local_code_secret_for(const Address& where, const std::string& secret = {}) {
+        static std::mutex mutex;
+        static auto* secrets = new std::map<std::string, std::string>;  // leaked: used until the very end
+        std::lock_guard lock(mutex);
+        if (!secret.empty()) (*secrets)[where.to_string()] = secret;
+        auto it = secrets->find(where.to_string());
+        return it == secrets->end() ? std::string() : it->second;
+    }
+
     std::string authkey_for_server() {
         if (options_.authkey.empty()) options_.authkey = detail::auth::random_authkey();
         return options_.authkey;
@@ -1793,8 +1851,8 @@ inline void write_all(int fd, const std::string& s) noexcept {
 // In the server process, however it was started: listens, tells the owner where (or
 // why it could not) through `ready_fd`, and serves until shut down or the owner is gone.
 inline int BaseManager::serve_in_child(const std::shared_ptr<detail::ServerCore>& core, const Address& where,
-                                       const std::string& key, pid_t owner, int ready_fd, bool close_inherited,
-                                       bool forked) {
+                                       const std::string& key, const detail::ServerLimits& limits, pid_t owner,
+                                       int ready_fd, bool close_inherited, bool forked) {
     // The server ends when its owner does, however the owner ends.
     const int owner_fd = detail::pidfd_open(owner);
     if (owner_fd < 0) {
@@ -1815,7 +1873,7 @@ inline int BaseManager::serve_in_child(const std::shared_ptr<detail::ServerCore>
     detail::put(w, bound);
     detail::write_all(ready_fd, "A" + std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
     ::close(ready_fd);
-    detail::ServerLoop loop(core, std::move(*listener), key);
+    detail::ServerLoop loop(core, std::move(*listener), key, limits);
     loop.serve_forever(owner_fd);
     return 0;
 }
@@ -1828,14 +1886,25 @@ inline int BaseManager::spawned_server_main(detail::ByteReader& in) {
     const auto where = detail::get<Address>(in);
     const auto key = detail::get<std::string>(in);
     const pid_t owner = detail::get<std::int32_t>(in);
+    const auto code_secret = detail::get<std::string>(in);
+    const auto max_connections = detail::get<std::uint64_t>(in);
+    const auto max_handshaking = detail::get<std::uint64_t>(in);
+    const bool same_user_only = detail::get<bool>(in);
     const auto replays = detail::get<std::vector<detail::code_address>>(in);
     const auto payloads = detail::get<std::vector<std::vector<std::byte>>>(in);
     BaseManager manager(ManagerOptions{}, builtins);
+    manager.core_->set_code_secret(code_secret);
+    // The replays are code addresses, but from the spawn bootstrap (a pipe only this
+    // child can read, written by the owner), not from a socket.
     for (std::size_t i = 0; i < replays.size(); ++i) {
         detail::ByteReader registration(payloads.at(i));
         detail::code_at<Replay>(replays[i])(manager, registration);
     }
-    return serve_in_child(manager.core_, where, key, owner, detail::first_passed_fd, builtins, false);
+    const detail::ServerLimits limits{.max_connections = max_connections,
+                                      .max_handshaking = max_handshaking,
+                                      .handshake_timeout = detail::handshake_timeout,
+                                      .same_user_only = same_user_only};
+    return serve_in_child(manager.core_, where, key, limits, owner, detail::first_passed_fd, builtins, false);
 }
 
 inline void BaseManager::start_server_process() {
@@ -1848,6 +1917,11 @@ inline void BaseManager::start_server_process() {
                          "ManagerOptions{.context = mp::get_context(\"fork\")}");
     const Address where = listen_address();
     const std::string key = authkey_for_server();
+    // Drawn afresh for each server: it marks this process and its children as the
+    // server's own (see ServerCore::set_code_secret).
+    const std::string code_secret = detail::auth::random_authkey();
+    core_->set_code_secret(code_secret);
+    const detail::ServerLimits limits = server_limits();
     int ready[2];
     if (::pipe2(ready, O_CLOEXEC) != 0) detail::throw_errno("BaseManager.start: pipe");
     const pid_t owner = detail::current_pid();
@@ -1859,12 +1933,14 @@ inline void BaseManager::start_server_process() {
         if (method == detail::StartMethod::fork) {
             const pid_t pid = detail::fork_child(fork_options, [&]() -> int {
                 ::close(ready[0]);
-                return serve_in_child(core_, where, key, owner, ready[1], close_inherited, true);
+                return serve_in_child(core_, where, key, limits, owner, ready[1], close_inherited, true);
             });
             server_process_ = std::make_shared<detail::ChildRecord>(pid, name, true);
         } else {
-            const auto payload = detail::encode_values(serve_builtins_, where, key, static_cast<std::int32_t>(owner),
-                                                       replays_, replay_payloads_);
+            const auto payload = detail::encode_values(
+                serve_builtins_, where, key, static_cast<std::int32_t>(owner), code_secret,
+                std::uint64_t(limits.max_connections), std::uint64_t(limits.max_handshaking), limits.same_user_only,
+                replays_, replay_payloads_);
             const int fds[] = {ready[1]};
             const auto child = detail::start_fresh_child(method, fork_options,
                                                          detail::address_of_code(&spawned_server_main), payload, fds);
@@ -1904,7 +1980,8 @@ inline void BaseManager::start_server_process() {
     } catch (...) {
         fail("the server process sent an unreadable address");
     }
-    client_ = std::make_shared<detail::ClientCore>(bound, key, options_.connect_timeout);
+    local_code_secret_for(bound, code_secret);
+    client_ = std::make_shared<detail::ClientCore>(bound, key, options_.connect_timeout, code_secret);
 }
 
 // Python's SyncManager: a BaseManager that also serves the built-in types.
@@ -1959,8 +2036,13 @@ public:
     ArrayProxy<T> Array(std::initializer_list<T> initial) {
         return Array<T>(std::vector<T>(initial));
     }
-    // A Pool in the server process (0: cpu_count() workers).
-    PoolProxy Pool(std::size_t processes = 0) { return create_builtin<detail::ServedPool>(std::uint64_t(processes)); }
+    // A Pool in the server process (0: cpu_count() workers). A template, so that only a
+    // program that calls it registers the Pool type: a server whose program never asked
+    // for a Pool serves none (nor its "run" method, the one call that takes code).
+    template <class = void>
+    PoolProxy Pool(std::size_t processes = 0) {
+        return create_builtin<detail::ServedPool>(std::uint64_t(processes));
+    }
 };
 
 }  // namespace multiprocessing::managers

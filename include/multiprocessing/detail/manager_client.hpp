@@ -47,9 +47,13 @@ inline std::uint64_t random_u64() {
 
 class ClientCore : public std::enable_shared_from_this<ClientCore> {
 public:
-    ClientCore(connection::Address address, std::string authkey, std::chrono::duration<double> connect_timeout)
+    // `code_secret`: the server's secret for this program's own processes (see
+    // ServerCore::set_code_secret), or empty for a client that is not one of them.
+    ClientCore(connection::Address address, std::string authkey, std::chrono::duration<double> connect_timeout,
+               std::string code_secret = {})
         : address_(std::move(address)),
           authkey_(std::move(authkey)),
+          code_secret_(std::move(code_secret)),
           connect_timeout_(connect_timeout),
           serial_(next_serial()),
           session_seed_(random_u64()) {}
@@ -62,6 +66,7 @@ public:
 
     const connection::Address& address() const noexcept { return address_; }
     const std::string& authkey() const noexcept { return authkey_; }
+    const std::string& code_secret() const noexcept { return code_secret_; }
     std::chrono::duration<double> connect_timeout() const noexcept { return connect_timeout_; }
 
     // One request and its reply, on this thread's connection. `read_result` (unless it
@@ -89,7 +94,10 @@ public:
     FrameChannel open_channel() {
         FrameChannel channel(net::connect(address_, Deadline(connect_timeout_)));
         auth::client_handshake(channel.fd(), authkey_, Deadline(connect_timeout_));
-        encode(channel.out(), Op::hello, session_token(), {});
+        if (code_secret_.empty())
+            encode(channel.out(), Op::hello, session_token(), {});
+        else
+            encode(channel.out(), Op::hello, session_token(), {}, code_secret_);
         channel.send_out("manager connect");
         open_reply(channel.receive(max_reply_bytes, Deadline(connect_timeout_), {}, "manager connect"), "hello");
         return channel;
@@ -189,6 +197,7 @@ private:
 
     const connection::Address address_;
     const std::string authkey_;
+    const std::string code_secret_;
     const std::chrono::duration<double> connect_timeout_;
     const std::uint64_t serial_;
     const std::uint64_t session_seed_;
@@ -282,16 +291,19 @@ struct ProxyReference {
     std::string authkey;
     std::uint64_t id = 0;
     double connect_timeout_seconds = 0;
+    // A spawned child of the manager's program is one of its own processes; the secret
+    // travels with the key, through the bootstrap fd.
+    std::string code_secret;
 
     template <class Archive>
     void serialize(Archive& archive) {
-        archive(address, authkey, id, connect_timeout_seconds);
+        archive(address, authkey, id, connect_timeout_seconds, code_secret);
     }
 };
 
 inline ProxyReference reference_to(const ProxyState& state) {
     const ClientCore& client = state.client();
-    return {client.address(), client.authkey(), state.id(), client.connect_timeout().count()};
+    return {client.address(), client.authkey(), state.id(), client.connect_timeout().count(), client.code_secret()};
 }
 
 // In the child: a proxy state holding a reference of its own on the object (taken here,
@@ -306,14 +318,15 @@ inline std::shared_ptr<ProxyState> rebuild_proxy_state(const ProxyReference& r) 
         std::erase_if(clients, [](const auto& c) { return c.expired(); });
         for (const auto& weak : clients) {
             auto c = weak.lock();
-            if (c->address() == r.address && c->authkey() == r.authkey) {
+            if (c->address() == r.address && c->authkey() == r.authkey && c->code_secret() == r.code_secret) {
                 client = std::move(c);
                 break;
             }
         }
         if (!client) {
             client = std::make_shared<ClientCore>(r.address, r.authkey,
-                                                  std::chrono::duration<double>(r.connect_timeout_seconds));
+                                                  std::chrono::duration<double>(r.connect_timeout_seconds),
+                                                  r.code_secret);
             clients.push_back(client);
         }
     }

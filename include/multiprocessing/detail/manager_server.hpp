@@ -8,6 +8,7 @@
 // which Python's server does not do.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -23,9 +24,13 @@
 #include <utility>
 #include <vector>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <openssl/crypto.h>
 
 #include "../errors.hpp"
 #include "deadline.hpp"
@@ -42,6 +47,20 @@ using namespace std::chrono_literals;
 inline constexpr std::size_t max_request_bytes = std::size_t(1) << 30;
 // A client must authenticate within this time, or its connection is dropped.
 inline constexpr std::chrono::seconds handshake_timeout{10};
+
+// What a server admits before and after authentication (ManagerOptions sets them).
+struct ServerLimits {
+    // Connections open at once, authenticated or not. Each costs a thread and an fd.
+    std::size_t max_connections = 1024;
+    // Connections that have not finished the handshake yet. A stranger needs no key to
+    // fill these, so there are few, and the oldest is dropped to make room for a new one:
+    // a real client finishes in well under a millisecond, an idle one only ages.
+    std::size_t max_handshaking = 64;
+    std::chrono::milliseconds handshake_timeout = manager::handshake_timeout;
+    // AF_UNIX: drop a peer of another uid before the handshake (SO_PEERCRED). An abstract
+    // socket has no file permissions, so without this any user could connect to it.
+    bool same_user_only = true;
+};
 // How long a server thread polls for the next request before it sleeps.
 inline constexpr std::chrono::microseconds server_spin{50};
 
@@ -57,6 +76,9 @@ struct CallerContext {
     // What to do when the reply cannot be delivered (the caller vanished right after the
     // call succeeded): give back what the call took, e.g. put the item back.
     std::function<void()> undo;
+    // Whether this caller proved it is a process of the program that started the server
+    // (see ServerCore::set_code_secret): only then may a call run code it names.
+    bool may_run_code = false;
 };
 
 inline CallerContext& current_caller() noexcept {
@@ -133,11 +155,25 @@ struct ConnectionState {
     std::uint64_t session = 0;
     bool said_hello = false;
     bool shutdown_requested = false;
+    // AF_UNIX and the peer's uid is ours (SO_PEERCRED): set by the loop before any request.
+    bool same_user = false;
+    bool may_run_code = false;
 };
 
 class ServerCore {
 public:
     explicit ServerCore(bool serve_builtins) : serve_builtins_(serve_builtins) {}
+
+    // The secret that marks this program's own processes: the manager that starts the
+    // server draws it, the server and that manager's process (and its children, by fork
+    // or through a spawned child's bootstrap pipe) hold it, and it never goes into an
+    // address or an authkey. A connection that shows it in its hello, over AF_UNIX from
+    // our own uid, may run calls that name code (the served Pool's "run"); no other
+    // connection can, whatever key it holds. Empty: nobody may.
+    void set_code_secret(std::string secret) {
+        std::lock_guard lock(mutex_);
+        code_secret_ = std::move(secret);
+    }
 
     void add(std::string name, Registration r) {
         std::lock_guard lock(mutex_);
@@ -200,6 +236,12 @@ private:
             if (request.op != Op::hello)
                 throw ProtocolError("the first request on a connection must say which client it is from");
             std::lock_guard lock(mutex_);
+            if (!request.arguments.empty() && connection.same_user && !code_secret_.empty()) {
+                ByteReader hello(request.arguments);
+                const auto shown = get<std::string>(hello);
+                connection.may_run_code = shown.size() == code_secret_.size() &&
+                                          CRYPTO_memcmp(shown.data(), code_secret_.data(), shown.size()) == 0;
+            }
             ++sessions_[request.object].connections;
             connection.session = request.object;
             connection.said_hello = true;
@@ -321,6 +363,7 @@ private:
 
     const bool serve_builtins_;
     mutable std::mutex mutex_;
+    std::string code_secret_;
     std::unordered_map<std::string, std::shared_ptr<const Registration>> registrations_;
     std::unordered_map<std::uint64_t, ObjectRecord> objects_;
     std::unordered_map<std::uint64_t, Session> sessions_;
@@ -329,10 +372,20 @@ private:
 
 // Serves a ServerCore on a listening socket: accepts, authenticates, and runs one thread
 // per connection until stop() or a shutdown request.
+//
+// Nothing a peer does before it authenticates can stop the server or hold up another
+// client: the accepting thread only accepts, checks the peer's uid and hands the
+// connection to a thread of its own (the handshake runs there, under a deadline); there
+// are at most `max_handshaking` such connections and `max_connections` in all, so the
+// threads and fds strangers can make the server spend are bounded; and running out of
+// fds anyway (a low ulimit) sheds the oldest unauthenticated connection instead of
+// ending the server.
 class ServerLoop {
 public:
-    ServerLoop(std::shared_ptr<ServerCore> core, net::ListeningSocket listener, std::string authkey)
-        : shared_(std::make_shared<Shared>(std::move(core), std::move(authkey))), listener_(std::move(listener)) {}
+    ServerLoop(std::shared_ptr<ServerCore> core, net::ListeningSocket listener, std::string authkey,
+               ServerLimits limits = {})
+        : shared_(std::make_shared<Shared>(std::move(core), std::move(authkey), limits)),
+          listener_(std::move(listener)) {}
 
     connection::Address address() const { return listener_.address(); }
 
@@ -342,6 +395,10 @@ public:
     // Returns after stop() or a client's shutdown request, or when `watch_fd` (if >= 0,
     // e.g. the owner's pidfd) becomes readable.
     void serve_forever(int watch_fd = -1) {
+        // Kept for the moment accept() fails with EMFILE while no stranger's connection
+        // can be dropped: closing it makes room to take the waiting connection off the
+        // queue and close it, rather than poll waking up for it forever.
+        reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
         for (;;) {
             pollfd fds[3] = {{listener_.fd(), POLLIN, 0}, {shared_->stop_fd, POLLIN, 0}, {watch_fd, POLLIN, 0}};
             const int r = ::poll(fds, watch_fd >= 0 ? 3 : 2, -1);
@@ -350,63 +407,176 @@ public:
                 throw_errno("manager server: poll");
             }
             if (fds[1].revents || (watch_fd >= 0 && fds[2].revents)) break;
-            if (fds[0].revents) {
-                std::optional<net::Socket> s = listener_.accept(Deadline::now());
-                if (s) start_connection(std::move(*s));
-            }
+            if (fds[0].revents) accept_waiting();
         }
+        if (reserve_fd_ >= 0) ::close(std::exchange(reserve_fd_, -1));
         shut_down_connections();
     }
 
+    // For tests and diagnostics: connections open now, and how many of them are still
+    // in the handshake.
+    std::pair<std::size_t, std::size_t> connection_counts() const {
+        std::lock_guard lock(shared_->mutex);
+        return {shared_->open, shared_->handshaking};
+    }
+
 private:
+    struct Peer {
+        int fd;
+        bool authenticated = false;
+        bool dropped = false;  // shut down to make room; its thread closes it
+    };
+
     // What connection threads share with the loop; they may outlive serve_forever() while
     // a call they run still blocks, so they hold it by shared_ptr.
     struct Shared {
-        Shared(std::shared_ptr<ServerCore> c, std::string key)
-            : core(std::move(c)), authkey(std::move(key)), stop_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+        Shared(std::shared_ptr<ServerCore> c, std::string key, ServerLimits l)
+            : core(std::move(c)),
+              authkey(std::move(key)),
+              limits(l),
+              stop_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
             if (stop_fd < 0) throw_errno("manager server: eventfd");
+            limits.max_connections = std::max<std::size_t>(limits.max_connections, 1);
+            limits.max_handshaking = std::clamp<std::size_t>(limits.max_handshaking, 1, limits.max_connections);
         }
         ~Shared() { ::close(stop_fd); }
         void request_stop() noexcept {
             const std::uint64_t one = 1;
             [[maybe_unused]] auto n = ::write(stop_fd, &one, sizeof one);
         }
+        // Called with `mutex` held. Shuts down the connection that has waited longest in
+        // the handshake (the list is in arrival order); false when there is none.
+        bool drop_oldest_handshaking() noexcept {
+            for (Peer& p : peers) {
+                if (p.authenticated || p.dropped) continue;
+                p.dropped = true;
+                --handshaking;
+                --open;
+                ::shutdown(p.fd, SHUT_RDWR);  // its thread sees EOF, fails the handshake, closes
+                return true;
+            }
+            return false;
+        }
+
         std::shared_ptr<ServerCore> core;
         std::string authkey;
+        ServerLimits limits;
         int stop_fd;
-        std::mutex mutex;
-        std::list<int> live_fds;  // connections to shut down at stop
+        mutable std::mutex mutex;
+        std::list<Peer> peers;       // every connection whose thread still runs
+        std::size_t open = 0;        // peers not dropped
+        std::size_t handshaking = 0; // of those, not yet authenticated
     };
+
+    // Takes every connection waiting in the queue (a bounded number per wake-up, so a
+    // flood cannot starve the stop request).
+    void accept_waiting() {
+        for (int i = 0; i < 64; ++i) {
+            const int fd = ::accept4(listener_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+            if (fd < 0) {
+                switch (errno) {
+                    case EAGAIN:
+                    case EINVAL:  // the listening socket was shut down: stop() follows
+                        return;
+                    case EMFILE:
+                    case ENFILE:
+                    case ENOBUFS:
+                    case ENOMEM:
+                        shed_load();
+                        return;
+                    default:
+                        // Errors of the one new connection (ECONNABORTED, EPROTO, EPERM, ...),
+                        // which the man page says to retry.
+                        continue;
+                }
+            }
+            net::Socket socket(fd);
+            if (!listener_.address().is_unix()) net::tune_tcp(fd);
+            if (admit(fd)) start_connection(std::move(socket));
+        }
+    }
+
+    // Out of fds (or kernel memory): make room by dropping the stranger that has waited
+    // longest; with none to drop, refuse the connection that is waiting. Then pause a
+    // moment, so the fds can come back before the next try.
+    void shed_load() {
+        bool dropped;
+        {
+            std::lock_guard lock(shared_->mutex);
+            dropped = shared_->drop_oldest_handshaking();
+        }
+        if (!dropped && reserve_fd_ >= 0) {
+            ::close(std::exchange(reserve_fd_, -1));
+            const int fd = ::accept4(listener_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+            if (fd >= 0) ::close(fd);
+            reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        }
+        // After a drop, only as long as its thread needs to close the fd; otherwise long
+        // enough not to spin on a queue we cannot take from.
+        std::this_thread::sleep_for(dropped ? std::chrono::milliseconds(1) : std::chrono::milliseconds(5));
+    }
+
+    // Whether a new connection may stay; records it when it may.
+    bool admit(int fd) {
+        const bool same_user = net::peer_is_same_user(fd);
+        if (shared_->limits.same_user_only && listener_.address().is_unix() && !same_user) return false;
+        std::lock_guard lock(shared_->mutex);
+        const auto& limits = shared_->limits;
+        if (shared_->handshaking >= limits.max_handshaking || shared_->open >= limits.max_connections) {
+            // Full: a stranger that is still silent makes room; authenticated clients
+            // are never dropped for a newcomer, which is refused instead.
+            if (!shared_->drop_oldest_handshaking()) return false;
+        }
+        ++shared_->open;
+        ++shared_->handshaking;
+        return true;
+    }
 
     void start_connection(net::Socket socket) {
         auto shared = shared_;
         const int fd = socket.fd();
-        std::list<int>::iterator where;
+        std::list<Peer>::iterator where;
         {
             std::lock_guard lock(shared->mutex);
-            where = shared->live_fds.insert(shared->live_fds.end(), fd);
+            where = shared->peers.insert(shared->peers.end(), Peer{fd});
         }
         try {
             std::thread([shared, where, s = std::move(socket)]() mutable {
                 FrameChannel channel(std::move(s));
-                serve_connection(*shared, channel);
+                serve_connection(*shared, where, channel);
                 // Forgotten before the socket closes, so stop() cannot shut down a reused fd number.
                 std::lock_guard lock(shared->mutex);
-                shared->live_fds.erase(where);
+                forget(*shared, where);
             }).detach();
         } catch (...) {
             std::lock_guard lock(shared->mutex);
-            shared->live_fds.erase(where);  // the socket closed with the failed thread's lambda
+            forget(*shared, where);  // the socket closed with the failed thread's lambda
         }
     }
 
-    static void serve_connection(Shared& shared, FrameChannel& channel) {
+    // Called with `mutex` held.
+    static void forget(Shared& shared, std::list<Peer>::iterator where) noexcept {
+        if (!where->dropped) {
+            --shared.open;
+            if (!where->authenticated) --shared.handshaking;
+        }
+        shared.peers.erase(where);
+    }
+
+    static void serve_connection(Shared& shared, std::list<Peer>::iterator where, FrameChannel& channel) {
         try {
-            auth::server_handshake(channel.fd(), shared.authkey, Deadline(handshake_timeout));
+            auth::server_handshake(channel.fd(), shared.authkey, Deadline(shared.limits.handshake_timeout));
         } catch (...) {
             return;  // a wrong key or a stranger: drop it, nothing else is affected
         }
+        {
+            std::lock_guard lock(shared.mutex);
+            if (where->dropped) return;  // dropped to make room just as it finished
+            where->authenticated = true;
+            --shared.handshaking;
+        }
         ConnectionState state;
+        state.same_user = net::peer_is_same_user(channel.fd());
         CallerContext& caller = current_caller();
         caller.fd = channel.fd();
         try {
@@ -415,6 +585,7 @@ private:
                 bool close = false;
                 auto& out = channel.out();
                 caller.undo = nullptr;
+                caller.may_run_code = state.may_run_code;
                 shared.core->handle(request, state, out, wire::frame_header_size, close);
                 // A call that took something (an item, a lock) for a caller that is gone
                 // gives it back. Checked before sending too: over TCP a send to a peer that
@@ -442,11 +613,12 @@ private:
         std::lock_guard lock(shared_->mutex);
         // Wakes threads waiting for a request; a thread inside a blocking call finishes
         // it, finds its socket shut down, and ends.
-        for (int fd : shared_->live_fds) ::shutdown(fd, SHUT_RDWR);
+        for (const Peer& p : shared_->peers) ::shutdown(p.fd, SHUT_RDWR);
     }
 
     std::shared_ptr<Shared> shared_;
     net::ListeningSocket listener_;
+    int reserve_fd_ = -1;
 };
 
 }  // namespace multiprocessing::detail::manager

@@ -155,6 +155,19 @@ inline void tune_tcp(int fd) noexcept {
     ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
 }
 
+// Whether the peer of a connected AF_UNIX socket runs as our effective uid (SO_PEERCRED,
+// which the kernel fills in at connect() and a peer cannot forge). False for TCP and
+// for any socket the kernel cannot vouch for: over TCP only the authkey tells peers apart.
+inline bool peer_is_same_user(int fd) noexcept {
+    sockaddr_storage self{};
+    socklen_t length = sizeof self;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&self), &length) != 0 || self.ss_family != AF_UNIX) return false;
+    ucred credentials{};
+    socklen_t size = sizeof credentials;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &size) != 0 || size != sizeof credentials) return false;
+    return credentials.uid == ::geteuid();
+}
+
 // The endpoints of a TCP address, IPv4 first: "localhost" then means 127.0.0.1 for both
 // a Listener and its Clients, as it does in Python (AF_INET).
 inline std::vector<asio::ip::tcp::endpoint> resolve(const Address& where, bool passive, const char* op) {
