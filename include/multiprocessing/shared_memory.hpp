@@ -375,7 +375,11 @@ public:
     // The count read (and checked against the segment's size) when this handle was made:
     // a list's length never changes, and reading it again from shared memory would let
     // another process that writes there make every index check meaningless.
-    std::size_t size() const noexcept { return count_; }
+    // (ValueError once the segment is closed here, as every other access.)
+    std::size_t size() const {
+        (void)shm_.buf();
+        return count_;
+    }
     bool empty() const { return size() == 0; }
 
     // Unchecked, as std::vector's; at() checks.

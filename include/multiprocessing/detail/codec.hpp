@@ -607,7 +607,14 @@ T get(ByteReader& r) {
                       "rebuilt in another process (or give it cereal's load_and_construct).");
         T value;
         InArchive ar(r);
-        ar(value);
+        try {
+            ar(value);
+        } catch (const cereal::Exception& e) {
+            // cereal's own checks (a variant index that names no alternative, ...) throw
+            // its exception type: a caller expects the library's (errors.hpp).
+            throw ProcessError(std::string("multiprocessing: a message from another process is corrupt (") + e.what() +
+                               ")");
+        }
         return value;
     }
 }
