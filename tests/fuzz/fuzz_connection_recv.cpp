@@ -18,7 +18,9 @@
 //
 //   fuzz_connection_recv --write-corpus=DIR   writes the seeds (valid streams of each
 //                                             mode, and regressions: seed-regress-*)
-// tests/fuzz/corpus-fuzz_connection_recv/ is what --write-corpus wrote.
+// tests/fuzz/corpus-fuzz_connection_recv/ is what --write-corpus wrote, plus inputs the
+// fuzzer found (regress-*, without "seed-"): regress-cereal-variant-index, a variant index
+// cereal rejects with its own exception type, which escaped recv() as cereal::Exception.
 #include <sys/socket.h>
 #include <unistd.h>
 
