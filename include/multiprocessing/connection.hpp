@@ -149,6 +149,10 @@ public:
     void lose_position() noexcept { lost_position_.store(true, std::memory_order_relaxed); }
     bool lost_position() const noexcept { return lost_position_.load(std::memory_order_relaxed); }
 
+    // Relaxed: a plain setting, read once per message; no other memory depends on it.
+    void set_max_message_size(std::size_t n) noexcept { max_message_size_.store(n, std::memory_order_relaxed); }
+    std::size_t max_message_size() const noexcept { return max_message_size_.load(std::memory_order_relaxed); }
+
     // Whole frames only: two threads of this process never interleave theirs. (Between
     // processes sharing one end, frames from different writers may interleave, as in
     // Python; give each writer its own pipe.) recv's lock is timed so that recv(timeout)
@@ -173,6 +177,7 @@ private:
     const bool readable_;
     const bool writable_;
     std::atomic<bool> lost_position_{false};
+    std::atomic<std::size_t> max_message_size_{wire::default_max_message_size};
 };
 
 }  // namespace detail
@@ -272,6 +277,14 @@ public:
         return receive_bytes_into(buf, offset, timeout);
     }
 
+    // The largest message this end accepts (default 1 GiB; Python has no limit). A longer
+    // one is refused with std::system_error(EMSGSIZE) before any of it is read, and, since
+    // the next message cannot then be found, this end stops receiving, as after
+    // recv_bytes(maxlength). Applies to every copy of this end in this process. Memory
+    // for a message grows as its bytes arrive, whatever its header claims.
+    void set_max_message_size(std::size_t bytes) { endpoint().set_max_message_size(bytes); }
+    std::size_t max_message_size() const { return endpoint().max_message_size(); }
+
     // Whether a message (or EOF) is waiting; never blocks, as Python's poll() (timeout 0).
     bool poll() { return poll(Timeout::zero()); }
     // Waits at most `timeout` for a message (or EOF).
@@ -357,12 +370,28 @@ private:
         detail::wire::send_all(in_use.fd(), iov, count, op);
     }
 
+    // The size a frame header claims, if this end accepts it: past max_message_size()
+    // nothing of the message is read, so this end loses its place in the stream.
+    std::size_t accepted_size(std::uint64_t length, const char* op) const {
+        const std::size_t limit = endpoint().max_message_size();
+        if (length > limit) {
+            endpoint().lose_position();
+            throw std::system_error(
+                EMSGSIZE, std::generic_category(),
+                detail::wire::error_text(op, "message too long: its header claims " + std::to_string(length) +
+                                                 " bytes, more than this Connection's max_message_size() of " +
+                                                 std::to_string(limit) +
+                                                 " bytes; it was not read, so this end no longer receives "
+                                                 "(raise the limit with set_max_message_size() if the peer is "
+                                                 "trusted to send that much)"));
+        }
+        return detail::wire::checked_message_size(length, op);
+    }
+
     // One whole message; the caller holds recv_lock.
-    static std::vector<std::byte> read_message(int fd, const char* op) {
-        const std::size_t size = detail::wire::checked_message_size(detail::wire::read_frame_header(fd, op), op);
-        std::vector<std::byte> payload(size);
-        detail::wire::read_frame_payload(fd, payload.data(), size, op);
-        return payload;
+    std::vector<std::byte> read_message(int fd, const char* op) const {
+        const std::size_t size = accepted_size(detail::wire::read_frame_header(fd, op), op);
+        return detail::wire::read_frame_payload_growing(fd, size, op);
     }
 
     static T decode(const std::vector<std::byte>& payload, const char* op) {
@@ -415,14 +444,13 @@ private:
                                                               std::to_string(buf.size()) + " bytes)"));
         auto r = start_receiving(op, timeout);
         const int fd = r.fd.fd();
-        const std::size_t size = detail::wire::checked_message_size(detail::wire::read_frame_header(fd, op), op);
+        const std::size_t size = accepted_size(detail::wire::read_frame_header(fd, op), op);
         const std::size_t room = buf.size() - offset;
         if (size <= room) {
             detail::wire::read_frame_payload(fd, buf.data() + offset, size, op);
             return size;
         }
-        std::vector<std::byte> whole(size);
-        detail::wire::read_frame_payload(fd, whole.data(), size, op);
+        std::vector<std::byte> whole = detail::wire::read_frame_payload_growing(fd, size, op);
         throw BufferTooShort(
             detail::wire::error_text(op, "the message is " + std::to_string(size) +
                                              " bytes but the buffer has room for " + std::to_string(room) +
@@ -444,10 +472,7 @@ private:
                                                  " bytes, more than maxlength = " + std::to_string(*maxlength) +
                                                  "; it was not read, so this end no longer receives"));
         }
-        const std::size_t size = detail::wire::checked_message_size(length, op);
-        std::vector<std::byte> payload(size);
-        detail::wire::read_frame_payload(fd, payload.data(), size, op);
-        return payload;
+        return detail::wire::read_frame_payload_growing(fd, accepted_size(length, op), op);
     }
 
     static TimeoutError timed_out(const char* op, Timeout timeout) {

@@ -372,7 +372,14 @@ public:
     ShareableList(const ShareableList&) = default;
     ShareableList& operator=(const ShareableList&) = default;
 
-    std::size_t size() const { return static_cast<std::size_t>(header().count); }
+    // The count read (and checked against the segment's size) when this handle was made:
+    // a list's length never changes, and reading it again from shared memory would let
+    // another process that writes there make every index check meaningless.
+    // (ValueError once the segment is closed here, as every other access.)
+    std::size_t size() const {
+        (void)shm_.buf();
+        return count_;
+    }
     bool empty() const { return size() == 0; }
 
     // Unchecked, as std::vector's; at() checks.
@@ -460,6 +467,7 @@ private:
         h->item_size = is_string ? 0 : sizeof(T);
         h->type_hash = detail::type_hash<T>();
         h->magic = detail::list_magic;
+        count_ = n;
     }
 
     static std::size_t bytes_needed(const std::vector<T>& items) {
@@ -477,21 +485,56 @@ private:
         return *reinterpret_cast<const detail::ListHeader*>(shm_.buf().data());
     }
 
-    // The string layout's tables, read from shared memory each time: they never change
-    // after creation, and caching them would outlive a close().
+    // The string layout's tables. Where they are follows from the count this handle
+    // checked; what they hold is read from shared memory on every access (a pointer
+    // cached here would outlive a close()).
     struct StringTables {
-        const std::uint64_t* offsets;
+        std::uint64_t* offsets;
         std::uint64_t* lengths;
         std::byte* data;
+        std::size_t data_size;  // bytes of the data area that lie inside the segment
     };
     StringTables string_tables() const {
         std::byte* base = shm_.buf().data();
-        const std::size_t n = static_cast<std::size_t>(header().count);
+        const std::size_t n = count_;
         auto* offsets = reinterpret_cast<std::uint64_t*>(base + items_offset());
-        return {offsets, offsets + n + 1, reinterpret_cast<std::byte*>(offsets + 2 * n + 1)};
+        const std::size_t tables = (2 * n + 1) * sizeof(std::uint64_t);
+        return {offsets, offsets + n + 1, reinterpret_cast<std::byte*>(offsets + 2 * n + 1),
+                shm_.size() - items_offset() - tables};
     }
 
-    void validate() const {
+    // A table entry, read once: any process that maps the segment may be writing it (a
+    // buggy or hostile one included), so each value is loaded a single time and the copy
+    // is what gets checked and used; checking one read and using another would let a
+    // concurrent writer slip a bad offset past the check. Relaxed: the entry is checked
+    // before use, and nothing else is ordered by it.
+    static std::uint64_t read_entry(std::uint64_t* entry) noexcept {
+        return std::atomic_ref<std::uint64_t>(*entry).load(std::memory_order_relaxed);
+    }
+
+    // Item i's place in the data area and its current length, every value checked:
+    // ValueError (as Python's struct errors) if another process wrote a layout that
+    // points outside the segment, never a read or write out of bounds.
+    struct StringSlot {
+        std::size_t begin;
+        std::size_t capacity;
+        std::size_t length;
+    };
+    StringSlot string_slot(const StringTables& t, std::size_t i) const {
+        const std::uint64_t begin = read_entry(t.offsets + i);
+        const std::uint64_t end = read_entry(t.offsets + i + 1);
+        const std::uint64_t length = read_entry(t.lengths + i);
+        if (begin > end || end > t.data_size || length > end - begin)
+            throw ValueError("ShareableList: the segment '" + shm_.name() + "' is corrupt: item " +
+                             std::to_string(i) + " claims bytes [" + std::to_string(begin) + ", " +
+                             std::to_string(end) + ") of a " + std::to_string(t.data_size) +
+                             "-byte data area with length " + std::to_string(length) +
+                             " (another process wrote over the list's layout)");
+        return {static_cast<std::size_t>(begin), static_cast<std::size_t>(end - begin),
+                static_cast<std::size_t>(length)};
+    }
+
+    void validate() {
         const std::string& name = shm_.name();
         const std::size_t bytes = shm_.size();
         if (bytes < sizeof(detail::ListHeader) || header().magic != detail::list_magic)
@@ -501,31 +544,33 @@ private:
             throw ValueError("ShareableList: the segment '" + name + "' holds a ShareableList of another item type (" +
                              (h.item_size ? std::to_string(h.item_size) + "-byte items" : std::string("strings")) +
                              "); attach with the type it was created with");
-        const std::size_t room = bytes - items_offset();
+        // The count once, into count_: everything after this uses that copy.
+        const std::uint64_t count = read_entry(const_cast<std::uint64_t*>(&h.count));
+        const std::size_t room = bytes < items_offset() ? 0 : bytes - items_offset();
         bool fits;
         if constexpr (is_string) {
-            fits = h.count <= room / (2 * sizeof(std::uint64_t));
-            if (fits) {
-                const std::size_t tables = (2 * h.count + 1) * sizeof(std::uint64_t);
-                fits = tables <= room;
-                const StringTables t = fits ? string_tables() : StringTables{};
-                for (std::size_t i = 0; fits && i < h.count; ++i)
-                    fits = t.offsets[i] <= t.offsets[i + 1] && t.lengths[i] <= t.offsets[i + 1] - t.offsets[i];
-                fits = fits && t.offsets[0] == 0 && t.offsets[h.count] <= room - tables;
-            }
+            // count + 1 offsets and count lengths.
+            fits = room >= sizeof(std::uint64_t) &&
+                   count <= (room - sizeof(std::uint64_t)) / (2 * sizeof(std::uint64_t));
         } else {
-            fits = h.count <= room / sizeof(T);
+            fits = count <= room / sizeof(T);
         }
         if (!fits)
             throw ValueError("ShareableList: the segment '" + name + "' is corrupt: its items do not fit in it");
+        count_ = static_cast<std::size_t>(count);
+        if constexpr (is_string) {
+            // Every item once now, so that a corrupt list is refused at attach as before;
+            // load() and store() check their item again each time.
+            const StringTables t = string_tables();
+            for (std::size_t i = 0; i < count_; ++i) (void)string_slot(t, i);
+        }
     }
 
     T load(std::size_t i) const {
         if constexpr (is_string) {
             const StringTables t = string_tables();
-            const std::size_t capacity = t.offsets[i + 1] - t.offsets[i];
-            const std::size_t length = t.lengths[i] < capacity ? t.lengths[i] : capacity;
-            return std::string(reinterpret_cast<const char*>(t.data + t.offsets[i]), length);
+            const StringSlot slot = string_slot(t, i);
+            return std::string(reinterpret_cast<const char*>(t.data + slot.begin), slot.length);
         } else {
             // Copied out as bytes: no T object was ever constructed there in this process
             // (another one wrote it), and T need not be default constructible.
@@ -538,19 +583,20 @@ private:
     void store(std::size_t i, const T& value) const {
         if constexpr (is_string) {
             const StringTables t = string_tables();
-            const std::size_t capacity = t.offsets[i + 1] - t.offsets[i];
-            if (value.size() > capacity)
+            const StringSlot slot = string_slot(t, i);
+            if (value.size() > slot.capacity)
                 throw ValueError("ShareableList: a string of " + std::to_string(value.size()) +
                                  " bytes exceeds available storage for item " + std::to_string(i) + " (" +
-                                 std::to_string(capacity) + " bytes, fixed when the list was created)");
-            std::memcpy(t.data + t.offsets[i], value.data(), value.size());
-            t.lengths[i] = value.size();
+                                 std::to_string(slot.capacity) + " bytes, fixed when the list was created)");
+            std::memcpy(t.data + slot.begin, value.data(), value.size());
+            std::atomic_ref<std::uint64_t>(t.lengths[i]).store(value.size(), std::memory_order_relaxed);
         } else {
             std::memcpy(shm_.buf().data() + items_offset() + i * sizeof(T), &value, sizeof(T));
         }
     }
 
     SharedMemory shm_;
+    std::size_t count_ = 0;
 };
 
 }  // namespace multiprocessing::shared_memory

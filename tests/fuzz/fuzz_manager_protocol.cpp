@@ -28,7 +28,6 @@
 // Environment:
 //   FUZZ_MANAGER_VERBOSE=1       each request and its reply on stderr
 //   FUZZ_MANAGER_REAL_LIMIT=1    the server's own frame size limit (1 GiB), see below
-//   FUZZ_MANAGER_KNOWN_ISSUES=1  also serve what has a known, unfixed finding
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -71,6 +70,15 @@ namespace md = multiprocessing::managers::detail;  // sees detail:: and detail::
 // A trivially copyable argument: travels as raw bytes.
 struct Point {
     double x = 0, y = 0;
+};
+
+// A recursive user type, as an argument.
+struct Tree {
+    std::vector<Tree> kids;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(kids);
+    }
 };
 
 // A user type with cereal serialization, as an argument.
@@ -182,13 +190,11 @@ void register_all(md::ServerCore& core) {
         core, "f_pairs", [](auto v) { return v.empty() ? std::string() : v[0].first; });
     // Trivially copyable, so sent as raw bytes at the top level: not every byte pattern
     // is one of their values (an optional's flag, a variant's index, a bool).
-    //
-    // A raw std::optional's flag is not checked yet (see codec.hpp, check_raw_value):
-    // with it, every run ends at once in UBSan's "load of value N, which is not a valid
-    // value for type 'bool'". FUZZ_MANAGER_KNOWN_ISSUES=1 serves it, to check a fix.
-    static const bool known_issues = std::getenv("FUZZ_MANAGER_KNOWN_ISSUES") != nullptr;
-    if (known_issues)
-        add_function<double, std::optional<double>>(core, "f_opt_double", [](auto o) { return o ? *o : -1.0; });
+    // (A raw std::optional's flag is checked since issue 14: see codec.hpp,
+    // check_raw_value; before, UBSan's "load of value 2 ... for type 'bool'".)
+    add_function<double, std::optional<double>>(core, "f_opt_double", [](auto o) { return o ? *o : -1.0; });
+    // A recursive type: nesting is limited to 256 levels (codec.hpp, InArchive::max_depth).
+    add_function<std::size_t, Tree>(core, "f_tree", [](const Tree& t) { return t.kids.size(); });
     add_function<double, std::variant<std::int32_t, double>>(core, "f_variant_raw", [](auto v) {
         return std::visit([](auto x) { return static_cast<double>(x); }, v);
     });
@@ -547,6 +553,21 @@ std::vector<std::pair<std::string, std::vector<std::byte>>> seeds() {
         Stream()
             .raw<RawVariant>(Op::call_function, 0, "f_variant_raw", Bytes().fill(sizeof(RawVariant), 7))
             .raw<RawVariant>(Op::call_function, 0, "f_variant_raw", Bytes().fill(sizeof(RawVariant), 0xff)));
+    // Issue 14. An optional<double> (every blocking method's timeout) whose flag is 2.
+    add("regress-optional-flag", 1,
+        Stream().raw<std::optional<double>>(Op::call_function, 0, "f_opt_double",
+                                            Bytes().value(2.5).fill(1, 2).fill(sizeof(std::optional<double>) - 9, 0)));
+    // A tree 1,000 levels deep (8 bytes a level): was unbounded recursion, and 1.6 MB of
+    // it overflowed the server's stack.
+    {
+        Bytes deep;
+        for (int i = 0; i < 1000; ++i) deep.value(U(1));
+        add("regress-deep-nesting", 1, Stream().raw<Tree>(Op::call_function, 0, "f_tree", deep));
+    }
+    // A count of strings as large as the bytes left (passed the old check), each then
+    // missing: was count x sizeof(std::string) reserved first (~33x the request).
+    add("regress-count-memory", 1,
+        Stream().raw<Nested>(Op::call_function, 0, "f_nested", Bytes().value(U(4096)).fill(4096, 0xff)));
     return s;
 }
 
@@ -560,7 +581,7 @@ std::vector<std::string> dictionary_words() {
     for (const char* f : {"f_map", "f_umap", "f_set", "f_uset", "f_deque", "f_list", "f_flist", "f_bools", "f_nested",
                           "f_bool", "f_variant", "f_optional", "f_tuple", "f_array", "f_bitset", "f_point", "f_order",
                           "f_shared", "f_valarray", "f_pairs", "f_opt_double", "f_variant_raw", "f_bool_array",
-                          "f_void"})
+                          "f_void", "f_tree"})
         words.emplace_back(f);
     for (auto key : {builtin<std::vector<std::int32_t>, std::vector<std::int32_t>>(),
                      builtin<std::vector<std::string>, std::vector<std::string>>(),

@@ -13,11 +13,15 @@
 // can be reserved in a shared ring, and one that writes straight into that room.
 #pragma once
 
+#include <algorithm>
+#include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <optional>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -105,8 +109,24 @@ public:
     // The bytes of the message not read yet (the container size check below uses it).
     std::size_t remaining() const noexcept { return r_.remaining(); }
 
+    // How deep a value may nest (each container, each class with serialize(), each
+    // optional or variant counts one level): cereal loads recursively, so without a limit
+    // a message of nothing but "a list holding a list holding ..." (8 bytes a level)
+    // overflows the receiver's stack, a crash no exception can report. 256 levels are far
+    // more than any honest value has and far less than a thread's stack allows.
+    static constexpr int max_depth = 256;
+    void enter() {
+        if (++depth_ > max_depth)
+            throw ProcessError("multiprocessing: a message from another process nests deeper than " +
+                               std::to_string(max_depth) +
+                               " levels (containers or classes inside one another); it is corrupt or hostile, "
+                               "and is refused before it can exhaust the stack");
+    }
+    void leave() noexcept { --depth_; }
+
 private:
     ByteReader& r_;
+    int depth_ = 0;
 };
 
 }  // namespace multiprocessing::detail
@@ -116,6 +136,29 @@ private:
 CEREAL_SETUP_ARCHIVE_TRAITS(multiprocessing::detail::InArchive, multiprocessing::detail::OutArchive)
 
 namespace multiprocessing::detail {
+
+// cereal calls prologue() before it loads any value and epilogue() after; these count
+// the nesting for InArchive::max_depth. Only values that can hold others count: cereal's
+// own wrappers (a name-value pair, a size, a block of bytes) and numbers are leaves or
+// stand for the value they wrap. (An exception leaves the count high, but the archive is
+// dropped with the message.)
+template <class T>
+inline constexpr bool counts_as_nesting_level = std::is_class_v<T>;
+template <class T>
+inline constexpr bool counts_as_nesting_level<cereal::NameValuePair<T>> = false;
+template <class T>
+inline constexpr bool counts_as_nesting_level<cereal::SizeTag<T>> = false;
+template <class T>
+inline constexpr bool counts_as_nesting_level<cereal::BinaryData<T>> = false;
+
+template <class T>
+void prologue(InArchive& ar, const T&) {
+    if constexpr (counts_as_nesting_level<T>) ar.enter();
+}
+template <class T>
+void epilogue(InArchive& ar, const T&) noexcept {
+    if constexpr (counts_as_nesting_level<T>) ar.leave();
+}
 
 template <class T>
 inline constexpr bool is_std_aggregate_cereal_knows = false;
@@ -244,13 +287,148 @@ void CEREAL_SAVE_FUNCTION_NAME(OutArchive& ar, const std::valarray<T>& v) {
     ar(cereal::make_size_tag(static_cast<cereal::size_type>(v.size())));
     if (v.size() != 0) ar(cereal::binary_data(&v[0], v.size() * sizeof(T)));
 }
+// Refuses `count` elements of `element_bytes` each (their encoded size, which for numbers
+// is also what they take in memory) when the message has fewer bytes left than they need.
+inline void require_bytes_for(InArchive& ar, cereal::size_type count, std::size_t element_bytes) {
+    if (element_bytes != 0 && count > ar.remaining() / element_bytes)
+        throw ProcessError("multiprocessing: a message from another process is truncated or corrupt (" +
+                           std::to_string(count) + " elements of " + std::to_string(element_bytes) +
+                           " bytes each in the " + std::to_string(ar.remaining()) + " bytes left of it)");
+}
+
 template <class T>
     requires std::is_arithmetic_v<T>
 void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::valarray<T>& v) {
     cereal::size_type size = 0;
     ar(cereal::make_size_tag(size));  // checked against what is left (see SizeTag above)
+    require_bytes_for(ar, size, sizeof(T));
     v.resize(static_cast<std::size_t>(size));
     if (size != 0) ar(cereal::binary_data(&v[0], static_cast<std::size_t>(size) * sizeof(T)));
+}
+
+// ---- containers: memory only for elements that arrived ---------------------------------
+//
+// cereal sizes a container to its count before it reads an element (resize, or reserve
+// for the unordered ones). The SizeTag check above bounds the count by the bytes left,
+// but not the memory: count x sizeof(element) is reserved, so an 8 MiB message claiming
+// 8 Mi std::strings made the receiver allocate 256 MiB before it noticed that the
+// strings were missing (~33x the message). The loaders below, chosen over cereal's for
+// our archive (more specialized) and in the same format, allocate only what the message
+// can fill:
+//   * numbers (vector, string, valarray): the count is checked against the bytes left at
+//     sizeof(element) each, then the block is read at once: memory = message bytes;
+//   * anything else: elements are appended one by one as they decode, the container
+//     growing geometrically from at most 64 KiB, so what a message makes the receiver
+//     hold is what it actually carried (times the element's in-memory size over its
+//     smallest encoding, and the container's growth factor), never what it claimed.
+inline constexpr std::size_t initial_reserve_bytes = 64 * 1024;
+
+template <class T>
+std::size_t initial_reserve(cereal::size_type count) noexcept {
+    const std::size_t cap = std::max<std::size_t>(1, initial_reserve_bytes / sizeof(T));
+    return static_cast<std::size_t>(std::min<cereal::size_type>(count, cap));
+}
+
+template <class T, class A>
+    requires std::is_arithmetic_v<T> && (!std::is_same_v<T, bool>)
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::vector<T, A>& v) {
+    cereal::size_type size = 0;
+    ar(cereal::make_size_tag(size));
+    require_bytes_for(ar, size, sizeof(T));
+    v.resize(static_cast<std::size_t>(size));
+    if (size != 0) ar(cereal::binary_data(v.data(), static_cast<std::size_t>(size) * sizeof(T)));
+}
+
+// The fewest bytes an element of type T takes in a message: a number or a plain struct
+// its size, a string or container its count, an optional its flag, a variant its index;
+// anything else at least one byte. A count that cannot fit at this rate is refused at
+// once, before the first element is decoded.
+template <class T>
+constexpr std::size_t min_encoded_size() noexcept {
+    if constexpr (std::is_arithmetic_v<T> || plain_bytes_class<T>)
+        return sizeof(T);
+    else if constexpr (is_std_aggregate_cereal_knows<T>)
+        return 1;
+    else if constexpr (requires(const T& t) {
+                           typename T::value_type;
+                           t.size();
+                           t.begin();
+                       })
+        return sizeof(cereal::size_type);
+    else
+        return 1;
+}
+
+template <class C>
+void load_appending(InArchive& ar, C& c) {
+    cereal::size_type size = 0;
+    ar(cereal::make_size_tag(size));
+    require_bytes_for(ar, size, min_encoded_size<typename C::value_type>());
+    c.clear();
+    if constexpr (requires { c.reserve(std::size_t(1)); })
+        c.reserve(initial_reserve<typename C::value_type>(size));
+    for (cereal::size_type i = 0; i < size; ++i) {
+        c.emplace_back();
+        ar(c.back());
+    }
+}
+
+template <class T, class A>
+    requires(!std::is_arithmetic_v<T>)
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::vector<T, A>& v) {
+    load_appending(ar, v);
+}
+template <class T, class A>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::deque<T, A>& d) {
+    load_appending(ar, d);
+}
+template <class T, class A>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::list<T, A>& l) {
+    load_appending(ar, l);
+}
+template <class T, class A>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::forward_list<T, A>& l) {
+    cereal::size_type size = 0;
+    ar(cereal::make_size_tag(size));
+    l.clear();
+    auto last = l.before_begin();
+    for (cereal::size_type i = 0; i < size; ++i) {
+        last = l.emplace_after(last);
+        ar(*last);
+    }
+}
+
+template <class CharT, class Traits, class A>
+    requires std::is_arithmetic_v<CharT>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::basic_string<CharT, Traits, A>& str) {
+    cereal::size_type size = 0;
+    ar(cereal::make_size_tag(size));
+    require_bytes_for(ar, size, sizeof(CharT));
+    str.resize(static_cast<std::size_t>(size));
+    if (size != 0) ar(cereal::binary_data(str.data(), static_cast<std::size_t>(size) * sizeof(CharT)));
+}
+
+// cereal reserves buckets for the claimed count (8 bytes each); these start small.
+template <class S>
+void load_unordered_set(InArchive& ar, S& set) {
+    cereal::size_type size = 0;
+    ar(cereal::make_size_tag(size));
+    require_bytes_for(ar, size, min_encoded_size<typename S::key_type>());
+    set.clear();
+    set.reserve(initial_reserve<typename S::key_type>(size));
+    for (cereal::size_type i = 0; i < size; ++i) {
+        typename S::key_type key;
+        ar(key);
+        set.emplace(std::move(key));
+    }
+}
+template <class K, class H, class E, class A>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::unordered_set<K, H, E, A>& set) {
+    load_unordered_set(ar, set);
+}
+template <class K, class H, class E, class A>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::unordered_multiset<K, H, E, A>& set) {
+    load_unordered_set(ar, set);
 }
 
 // ---- what may cross -------------------------------------------------------------------
@@ -317,12 +495,56 @@ constexpr void require_process_argument() {
 // them. (Found by tests/fuzz: f_bool, f_variant_raw, f_bool_array.) The wire format is
 // unchanged: the pool's workers read blocks of such items as raw bytes too.
 //
-// Not covered: a std::optional's "engaged" flag (a bool inside the object, where no
-// portable code can look at it without reading it), and a plain struct with a bool or an
-// enum member. See the fuzz report: an optional at the top level of a message should go
-// through cereal, whose loader checks its flag, on both the codec's and the pool's paths.
+// A std::optional's "engaged" flag is a bool inside the object: a flag byte of 2 makes
+// has_value() undefined behaviour (UBSan), and every built-in blocking manager method
+// takes its timeout as a std::optional<double>. The flag's place is found once per type,
+// by construction (optional_flag_offset), and its byte checked before has_value() runs.
+//
+// Not covered: a plain struct with a bool or an enum member (no code can know which of
+// its bytes those are); give such a struct a serialize() to have it checked.
 template <class T>
 inline constexpr bool is_std_variant = false;
+template <class T>
+inline constexpr bool is_std_optional = false;
+template <class T>
+inline constexpr bool is_std_optional<std::optional<T>> = true;
+
+// The offset of a trivially copyable std::optional<T>'s engaged flag: the one byte that
+// an empty optional sets to 0 whatever the storage held before, and an engaged one (its
+// value all 0xff bytes) sets to 1. The value's own bytes fail the first test (an empty
+// optional leaves them as they were) or the second (they are 0xff). -1 if no single byte
+// qualifies (an implementation that stores the flag otherwise): then it is not checked.
+template <class O>
+std::ptrdiff_t optional_flag_offset() noexcept {
+    static const std::ptrdiff_t offset = [] {
+        using V = typename O::value_type;
+        auto bytes_of_object = [](auto fill, auto construct) {
+            alignas(O) unsigned char storage[sizeof(O)];
+            std::memset(storage, fill, sizeof storage);
+            construct(static_cast<void*>(storage));
+            std::array<unsigned char, sizeof(O)> out{};
+            std::memcpy(out.data(), storage, sizeof(O));
+            return out;
+        };
+        auto empty = [](void* at) { ::new (at) O(); };
+        auto engaged = [](void* at) {
+            std::array<unsigned char, sizeof(V)> ones;
+            ones.fill(0xff);
+            ::new (at) O(std::in_place, std::bit_cast<V>(ones));
+        };
+        const auto e0 = bytes_of_object(0x00, empty), e1 = bytes_of_object(0xff, empty);
+        const auto on = bytes_of_object(0x00, engaged);
+        std::ptrdiff_t found = -1;
+        for (std::size_t i = 0; i < sizeof(O); ++i) {
+            if (e0[i] == 0 && e1[i] == 0 && on[i] == 1) {
+                if (found >= 0) return std::ptrdiff_t(-1);
+                found = static_cast<std::ptrdiff_t>(i);
+            }
+        }
+        return found;
+    }();
+    return offset;
+}
 template <class... T>
 inline constexpr bool is_std_variant<std::variant<T...>> = true;
 template <class T>
@@ -342,6 +564,14 @@ void check_raw_value(const T& value) {
         std::visit([](const auto& alternative) { check_raw_value(alternative); }, value);
     } else if constexpr (is_std_array<T>) {
         for (const auto& element : value) check_raw_value(element);
+    } else if constexpr (is_std_optional<T>) {
+        if (const std::ptrdiff_t at = optional_flag_offset<T>(); at >= 0) {
+            const unsigned char flag = reinterpret_cast<const unsigned char*>(std::addressof(value))[at];
+            if (flag > 1)
+                throw ProcessError("multiprocessing: a message from another process is corrupt (a std::optional's "
+                                   "flag is " + std::to_string(flag) + ", neither 0 nor 1)");
+        }
+        if (value.has_value()) check_raw_value(*value);
     }
 }
 
@@ -377,7 +607,14 @@ T get(ByteReader& r) {
                       "rebuilt in another process (or give it cereal's load_and_construct).");
         T value;
         InArchive ar(r);
-        ar(value);
+        try {
+            ar(value);
+        } catch (const cereal::Exception& e) {
+            // cereal's own checks (a variant index that names no alternative, ...) throw
+            // its exception type: a caller expects the library's (errors.hpp).
+            throw ProcessError(std::string("multiprocessing: a message from another process is corrupt (") + e.what() +
+                               ")");
+        }
         return value;
     }
 }

@@ -23,6 +23,7 @@
 #include <link.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -151,6 +152,45 @@ inline UniqueFd write_bootstrap(const ForkOptions& options, code_address entry, 
     return boot;
 }
 
+// Which file a bootstrap is: "<st_dev>:<st_ino>" of its memfd. The parent puts it in
+// the child's MULTIPROCESSING_SPAWNED, and the child believes its fd 3 only if that fd
+// is this very file: an fd 3 that is something else (a file an unrelated parent left
+// open, a pipe from whoever started the program with the variable set) is not read.
+inline std::string bootstrap_identity(int fd) {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) throw_errno("fstat(bootstrap)");
+    return std::to_string(static_cast<unsigned long long>(st.st_dev)) + ":" +
+           std::to_string(static_cast<unsigned long long>(st.st_ino));
+}
+
+// Why this process must not take over as a spawned child, or nothing if it may.
+//   secure_execution: getauxval(AT_SECURE), set by the kernel when the program runs with
+//     more privilege than whoever started it (setuid, setgid, file capabilities). Such a
+//     program's environment and open fds are chosen by a less privileged user, so
+//     MULTIPROCESSING_SPAWNED and fd 3 prove nothing, and fd 3 names the code to run.
+//     The spawn and forkserver start methods are unavailable in such a program (its
+//     children would be refused too); fork works.
+//   the variable's value must be bootstrap_identity() of `fd` (see above).
+inline std::optional<std::string> takeover_refusal(std::string_view env_value, bool secure_execution, int fd) {
+    if (secure_execution)
+        return std::string("the program runs setuid, setgid or with file capabilities (AT_SECURE), so its "
+                           "environment is not trusted to name a bootstrap; the spawn and forkserver start "
+                           "methods are not available in such a program (use fork)");
+    struct stat st;
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        return std::string("fd 3 is not the bootstrap its parent passed (no such fd, or not a memfd)");
+    std::string identity;
+    try {
+        identity = bootstrap_identity(fd);
+    } catch (...) {
+        return std::string("fd 3 cannot be examined");
+    }
+    if (env_value != identity)
+        return std::string("fd 3 is not the bootstrap its parent passed (MULTIPROCESSING_SPAWNED names another "
+                           "file; was the variable set by hand, or inherited from an unrelated process?)");
+    return std::nullopt;
+}
+
 // Starts a fresh copy of this program that runs `entry` with `payload` and the given
 // fds; returns its pid.
 inline pid_t spawn_child(const ForkOptions& options, code_address entry, std::span<const std::byte> payload,
@@ -198,7 +238,7 @@ inline pid_t spawn_child(const ForkOptions& options, code_address entry, std::sp
     ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
     const std::string prefix = std::string(spawned_env) + "=";
-    std::string marker = prefix + "1";
+    std::string marker = prefix + bootstrap_identity(boot.get());
     std::vector<char*> env;
     for (char** e = environ; e && *e; ++e)
         if (!std::string_view(*e).starts_with(prefix)) env.push_back(*e);
@@ -268,8 +308,17 @@ inline pid_t spawn_child(const ForkOptions& options, code_address entry, std::sp
 // In a child made by spawn_child(), from freeze_support(). Returns at once in any other
 // process.
 inline void take_over_if_spawned() {
-    if (!std::getenv(spawned_env)) return;
+    const char* value = std::getenv(spawned_env);
+    if (!value) return;
+    const std::string claimed(value);
     ::unsetenv(spawned_env);  // this process's own children are not spawned children
+    if (const auto why = takeover_refusal(claimed, ::getauxval(AT_SECURE) != 0, bootstrap_fd)) {
+        // Neither become the child (the bootstrap is not believed) nor run main() as if
+        // nothing happened (a real spawned child would run the parent's program twice).
+        std::fprintf(stderr, "multiprocessing: MULTIPROCESSING_SPAWNED is set but this process will not take "
+                     "over as a spawned child: %s; exiting\n", why->c_str());
+        ::_exit(1);
+    }
     run_bootstrap();
 }
 

@@ -4,6 +4,7 @@
 // that Listener/Client and managers run over a fresh socket (namespace auth).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -151,6 +152,33 @@ inline void read_frame_payload(int fd, std::byte* out, std::uint64_t length, con
     const std::size_t got = read_up_to(fd, out, static_cast<std::size_t>(length), op);
     if (got < length) throw_truncated(op, got, length);
 }
+
+// Reads a payload of `length` bytes into a buffer that grows with the bytes that arrive:
+// up to eager_payload_bytes at once, then doubling. A header is only a claim, and a peer
+// that claims a gigabyte and sends nothing (or dies) must not have cost a gigabyte: the
+// receiver holds at most about twice what actually came. (Zero-filling and moving on
+// growth cost a large honest message about one extra pass over its bytes.)
+inline constexpr std::size_t eager_payload_bytes = std::size_t(1) << 20;
+
+inline std::vector<std::byte> read_frame_payload_growing(int fd, std::size_t length, const char* op) {
+    std::vector<std::byte> payload;
+    std::size_t got = 0;
+    while (got < length) {
+        if (got == payload.size())
+            payload.resize(std::min(length, std::max(eager_payload_bytes, payload.size() * 2)));
+        const std::size_t want = payload.size() - got;
+        const std::size_t n = read_up_to(fd, payload.data() + got, want, op);
+        got += n;
+        if (n < want) throw_truncated(op, got, length);
+    }
+    return payload;
+}
+
+// The default limit on one message received by a Connection (Connection::
+// set_max_message_size changes it per connection). Python has none; with buffers that
+// grow only as bytes arrive a limit is not needed for safety against a lying header, but
+// it bounds what one peer can make this process hold by actually sending.
+inline constexpr std::size_t default_max_message_size = std::size_t(1) << 30;
 
 inline std::size_t checked_message_size(std::uint64_t length, const char* op) {
     if (length > std::uint64_t(SIZE_MAX) / 2)
