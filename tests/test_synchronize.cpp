@@ -1602,7 +1602,7 @@ TEST_CASE("Robustness (issue 13.2): a waiter killed after notify() chose it: not
     REQUIRE(sleeping.acquire(10s));
     { std::lock_guard g(cond); }
     // Frozen, it cannot take the wake-up notify() gives it; killed while notify() waits.
-    REQUIRE(::kill(doomed.pid(), SIGSTOP) == 0);
+    REQUIRE(::kill(*doomed.pid(), SIGSTOP) == 0);
     mp::Event notified;
     Children notifier;
     notifier.start([](mp::Condition c, mp::Event done) {
@@ -1666,10 +1666,10 @@ TEST_CASE("Robustness (issue 13.5): a lock whose holder's pid was reused is reco
         std::this_thread::sleep_for(60s);
     }, started);
     REQUIRE(started.wait(10s));
-    const auto real = d::read_task_stat(other.pid());
+    const auto real = d::read_task_stat(*other.pid());
     REQUIRE(real.exists);
-    CHECK(d::identity_alive(d::pack_identity(other.pid(), real.start)));
-    const auto reused = d::pack_identity(other.pid(), real.start + 1);  // the dead holder
+    CHECK(d::identity_alive(d::pack_identity(*other.pid(), real.start)));
+    const auto reused = d::pack_identity(*other.pid(), real.start + 1);  // the dead holder
     CHECK_FALSE(d::identity_alive(reused));
 
     auto lock = d::SharedBlock<d::OwnerLock>::create(0, "test-lock");

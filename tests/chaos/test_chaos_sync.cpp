@@ -234,7 +234,7 @@ TEST_CASE("Chaos: Condition waiters and notifiers killed at swept instants", "[c
 }
 
 TEST_CASE("Chaos: Barrier parties killed at swept instants break it, never hang it", "[chaos][barrier]") {
-    const int rounds = 10 * scale();
+    const int rounds = 6 * scale();
     Shared& sh = *make_shared_counters();
     mp::Barrier barrier(3);
     for (int i = 0; i < rounds; ++i) {
@@ -269,7 +269,7 @@ TEST_CASE("Chaos: Barrier parties killed at swept instants break it, never hang 
                     CHECK(WEXITSTATUS(status) == 0);
                 }
             }
-            if (Clock::now() - t0 > 1500ms) barrier.abort();
+            if (Clock::now() - t0 > 1200ms) barrier.abort();
             std::this_thread::sleep_for(5ms);
         }
         for (int k = 0; k < 2; ++k)
