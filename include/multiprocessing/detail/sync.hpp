@@ -340,10 +340,10 @@ private:
 
 // ---- HolderTable (legacy) -------------------------------------------------------------------
 
-// Only the bounded queue's slot bookkeeping (queue_core.hpp) still uses this; the
-// synchronization primitives record claims as recovery.hpp describes.
-// Which processes hold how many units, so a dead holder's units can be given back (a
-// Condition counts its waiting threads in one the same way). Entries are claimed by pid;
+// Only the bounded queue's slot bookkeeping (queue_core.hpp) still uses this, until it
+// moves to claims as recovery.hpp describes; it has the flaws issue 13 lists (32
+// entries, bare pids, a record apart from the unit). Which processes hold how many
+// units, so a dead holder's units can be given back. Entries are claimed by pid;
 // a process may own several (two threads racing to claim), which only splits its count.
 // The entry of a dead process that held nothing is reused; a table full of live holders
 // just makes later holders unrecoverable.
