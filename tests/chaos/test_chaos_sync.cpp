@@ -233,8 +233,75 @@ TEST_CASE("Chaos: Condition waiters and notifiers killed at swept instants", "[c
     }
 }
 
+// Issue 13, case 2: the waiter notify() chose is killed at swept instants (before it
+// took its wake-up, while taking it, after). notify() must return and the wake-up must
+// not be lost: either the victim took it before dying or the live waiter gets it.
+TEST_CASE("Chaos: the Condition waiter notify() chose is killed at swept instants", "[chaos][condition]") {
+    const int rounds = 30 * scale();
+    struct Flags {
+        std::atomic<int> waiting{0};
+        std::atomic<int> victim_woke{0};
+        std::atomic<int> live_woke{0};
+        std::atomic<int> notified{0};
+    };
+    void* mem = ::mmap(nullptr, sizeof(Flags), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(mem != MAP_FAILED);
+    Flags& f = *::new (mem) Flags;
+    mp::Condition cond;
+    for (int i = 0; i < rounds; ++i) {
+        f.waiting.store(0);
+        f.victim_woke.store(0);
+        f.live_woke.store(0);
+        f.notified.store(0);
+        auto waiter = [&cond, &f](std::atomic<int>* woke) {
+            return [&cond, &f, woke] {
+                cond.acquire();
+                f.waiting.fetch_add(1);
+                if (cond.wait(std::chrono::duration<double>(30))) woke->store(1);
+                cond.release();
+            };
+        };
+        // The victim waits first: it is the one notify(1) chooses.
+        const pid_t victim = spawn(waiter(&f.victim_woke));
+        while (f.waiting.load() < 1) std::this_thread::sleep_for(100us);
+        REQUIRE(cond.acquire(std::chrono::duration<double>(5)));  // it is inside wait() now
+        cond.release();
+        const pid_t live = spawn(waiter(&f.live_woke));
+        while (f.waiting.load() < 2) std::this_thread::sleep_for(100us);
+        REQUIRE(cond.acquire(std::chrono::duration<double>(5)));
+        cond.release();
+        const pid_t notifier = spawn([&cond, &f] {
+            cond.acquire();
+            cond.notify(1);
+            cond.release();
+            f.notified.store(1);
+        });
+        std::this_thread::sleep_for(std::chrono::microseconds((i * 37) % 400));
+        ::kill(victim, SIGKILL);
+        ::waitpid(victim, nullptr, 0);
+        int status = 0;
+        CHECK(reap_within(notifier, 10s, &status));  // notify() returned
+        const auto until = Clock::now() + 10s;
+        while (f.victim_woke.load() + f.live_woke.load() == 0 && Clock::now() < until)
+            std::this_thread::sleep_for(1ms);
+        // notify(1) woke one at most. None seen: the victim took the wake-up and died
+        // before it could say so (it was killed after its wait() returned); then one more
+        // notify(1) must reach the live waiter at once (nothing dead is left in its way).
+        CHECK(f.victim_woke.load() + f.live_woke.load() <= 1);
+        if (f.live_woke.load() == 0) {
+            REQUIRE(cond.acquire(std::chrono::duration<double>(5)));
+            const auto t0 = Clock::now();
+            cond.notify(1);
+            CHECK(Clock::now() - t0 < 2s);
+            cond.release();
+        }
+        CHECK(reap_within(live, 10s, &status));
+        CHECK(f.live_woke.load() == 1);
+    }
+}
+
 TEST_CASE("Chaos: Barrier parties killed at swept instants break it, never hang it", "[chaos][barrier]") {
-    const int rounds = 6 * scale();
+    const int rounds = 4 * scale();
     Shared& sh = *make_shared_counters();
     mp::Barrier barrier(3);
     for (int i = 0; i < rounds; ++i) {
