@@ -13,6 +13,7 @@
 
 #include <signal.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1681,6 +1682,60 @@ TEST_CASE("Robustness (issue 13.5): a lock whose holder's pid was reused is reco
     CHECK(seconds_since(t0) < 5.0);
     CHECK(lock->held_by_me());
     other.kill();
+}
+
+// The same with a real reuse: the dead holder's pid is given to a new process through
+// /proc/sys/kernel/ns_last_pid (needs CAP_SYS_ADMIN; skipped with a message without it).
+TEST_CASE("Robustness (issue 13.5): a Lock whose dead holder's pid now names a live process is recovered",
+          "[robust][lock]") {
+    mp::Lock lock;
+    mp::Event held;
+    const pid_t holder = ::fork();
+    if (holder == 0) {
+        if (!lock.acquire(10s)) ::_exit(1);
+        held.set();
+        std::this_thread::sleep_for(60s);
+        ::_exit(0);
+    }
+    REQUIRE(holder > 0);
+    REQUIRE(held.wait(10s));
+    // Start times count clock ticks (10 ms): a holder that lived less than one tick and a
+    // process given its pid within that tick look alike (docs/recovery.md, limits).
+    std::this_thread::sleep_for(30ms);
+    ::kill(holder, SIGKILL);
+    ::waitpid(holder, nullptr, 0);
+    // Give its pid to a new, live process.
+    pid_t reuser = -1;
+    for (int attempt = 0; attempt < 20 && reuser != holder; ++attempt) {
+        if (reuser > 0) {
+            ::kill(reuser, SIGKILL);
+            ::waitpid(reuser, nullptr, 0);
+        }
+        FILE* f = std::fopen("/proc/sys/kernel/ns_last_pid", "w");
+        if (!f) break;
+        std::fprintf(f, "%d", holder - 1);
+        const bool written = std::fclose(f) == 0;
+        if (!written) break;
+        reuser = ::fork();
+        if (reuser == 0) {
+            std::this_thread::sleep_for(60s);
+            ::_exit(0);
+        }
+    }
+    if (reuser != holder) {
+        if (reuser > 0) {
+            ::kill(reuser, SIGKILL);
+            ::waitpid(reuser, nullptr, 0);
+        }
+        WARN("skipped: cannot make the kernel reuse a pid here (/proc/sys/kernel/ns_last_pid not writable)");
+        return;
+    }
+    const auto t0 = Clock::now();
+    CHECK(lock.acquire(10s));
+    CHECK(seconds_since(t0) < 5.0);
+    lock.release();
+    ::kill(reuser, SIGKILL);
+    ::waitpid(reuser, nullptr, 0);
 }
 
 TEST_CASE("BoundedSemaphore: an initial value above the slot limit is refused with ValueError", "[semaphore]") {

@@ -335,7 +335,8 @@ public:
 
     // Returns this waiter's arrival index, 0 .. parties-1. Throws BrokenBarrierError if
     // the barrier is or becomes broken, aborted or reset while waiting, or if the wait
-    // times out (which breaks it for everyone, as in Python).
+    // times out (which breaks it for everyone, as in Python), or if a party dies inside
+    // wait() (the others learn it within about barrier_check_interval).
     int wait() { return wait_until(detail::Deadline::after(default_timeout_)); }
     int wait(Timeout timeout) { return wait_until(detail::Deadline(timeout)); }
 

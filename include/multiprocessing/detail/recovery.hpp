@@ -33,7 +33,10 @@
 //    release sequence, a Condition's acknowledgement count) are only futex words:
 //    losing an increment costs a sleeper at most one check interval, never a unit.
 //
-// What this does not cover: processes in different PID namespaces sharing an object (a
+// What this does not cover: a holder that lived less than one clock tick (10 ms) and
+// whose pid was reused within that tick (start times are in ticks; pids are handed out
+// in turn, so a reuse needs the pid range to wrap first); processes in different PID
+// namespaces sharing an object (a
 // task id means nothing across them), and a system without /proc (then no one is ever
 // found dead by start time; a task that no longer exists is still found by kill(0)).
 #pragma once
