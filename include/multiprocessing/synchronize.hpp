@@ -2,10 +2,14 @@
 // Condition, Event, Barrier. All are process-shared handles: copies, in this process or
 // in a child (by inheritance or as a Process argument), are the same object.
 //
-// A holder that dies is not a deadlock: the next acquire() (after at most 100 ms of
-// waiting) takes over the lock, or the semaphore units, the dead process held. The lock
-// is then held by the new owner as if the dead one had released it; whatever data the
-// lock protected may be half-updated, exactly as the dead process left it.
+// What a process that dies leaves behind (docs/recovery.md; detail/recovery.hpp for the
+// design): a Lock or RLock is taken over by the next acquire() (after at most about
+// 100 ms of waiting); a BoundedSemaphore gets back the units the dead process held; a
+// plain Semaphore, as Python's, gets nothing back (an acquire may mean "took an item");
+// a dead Condition waiter never blocks notify() nor takes a live waiter's wake-up; a
+// Barrier party that dies inside wait() breaks the barrier. A lock taken over is held by
+// the new owner as if the dead one had released it; whatever data the lock protected may
+// be half-updated, exactly as the dead process left it.
 //
 // Under spawn and forkserver, a lock (any of these) passed as a Process argument or a
 // pool initarg reaches the child as the same object: its segment's fd is passed along
@@ -14,10 +18,7 @@
 //
 // Who counts as the holder: for Lock and RLock, the thread that acquired (so a Lock
 // held by a thread that has since ended is taken over too, where Python's would stay
-// locked until someone released it); for a Semaphore, the process. Semaphore units a
-// process still holds when it exits normally (returns from main, calls exit(), its
-// target returns) were consumed and stay so; only a process killed or leaving through
-// _exit() gives its units back.
+// locked until someone released it); for a BoundedSemaphore, the process.
 #pragma once
 
 #include <chrono>
@@ -132,10 +133,8 @@ public:
             throw ValueError("BoundedSemaphore.release: released too many times (above its initial value " +
                              std::to_string(state_->bound) + ")");
     }
-    int get_value() const noexcept {
-        // relaxed: a snapshot, as Python's get_value() is.
-        return static_cast<int>(state_->value.load(std::memory_order_relaxed));
-    }
+    // A snapshot, as Python's get_value() is.
+    int get_value() const noexcept { return static_cast<int>(state_->get_value()); }
 
     using reduced_type = detail::ReducedBlock;
     reduced_type reduce(detail::PassedFds& fds) const { return state_.reduce(fds); }
@@ -145,21 +144,22 @@ protected:
     Semaphore(int value, std::uint32_t bound, const char* what)
         : state_(make(value, bound == UINT32_MAX ? UINT32_MAX : static_cast<std::uint32_t>(value), what)) {}
     explicit Semaphore(detail::SharedBlock<detail::CountingSemaphore> state) : state_(std::move(state)) {}
-    // A block from a spawned child's payload, registered so that this process's units are
-    // handled at its exit as in the creator.
     static detail::SharedBlock<detail::CountingSemaphore> adopt(const reduced_type& r) {
-        auto block = detail::SharedBlock<detail::CountingSemaphore>::rebuild(r);
-        detail::SemaphoreRegistry::add(block.lifetime(), block.get());
-        return block;
+        return detail::SharedBlock<detail::CountingSemaphore>::rebuild(r);
     }
 
 private:
     static detail::SharedBlock<detail::CountingSemaphore> make(int value, std::uint32_t bound, const char* what) {
+        using CS = detail::CountingSemaphore;
         if (value < 0) throw ValueError(std::string(what) + ": the initial value must be >= 0");
-        auto block = detail::SharedBlock<detail::CountingSemaphore>::create(
-            0, "mp-semaphore", static_cast<std::uint32_t>(value), bound);
-        detail::SemaphoreRegistry::add(block.lifetime(), block.get());
-        return block;
+        // Each unit of a BoundedSemaphore is a slot in shared memory (detail/sync.hpp).
+        if (bound != CS::unbounded && bound > CS::max_bound)
+            throw ValueError(std::string(what) + ": the initial value " + std::to_string(value) +
+                             " is above the limit of " + std::to_string(CS::max_bound) +
+                             " units (each unit is recorded in shared memory so that a dying holder's "
+                             "units come back); use a Semaphore for a larger count");
+        return detail::SharedBlock<CS>::create(CS::extra_bytes(bound), "mp-semaphore",
+                                               static_cast<std::uint32_t>(value), bound);
     }
     detail::SharedBlock<detail::CountingSemaphore> state_;
 };
@@ -294,18 +294,33 @@ private:
 
 namespace detail {
 
-// Python's threading.Barrier, with its lock and condition in shared memory.
-struct BarrierState {
+// Python's threading.Barrier, with its lock and condition in shared memory. Each party
+// inside wait() (counted in `count`) also holds one member slot (after this struct, one
+// per party): its thread's identity, claimed and freed under the lock together with
+// `count`. Waiters look at the slots every barrier_check_interval; a dead party's slot is
+// freed (one CAS), and the barrier breaks, so no one waits for a party that cannot come.
+struct alignas(8) BarrierState {
     enum : std::int32_t { filling = 0, draining = 1, resetting = -1, broken = -2 };
+    static constexpr std::uint32_t max_parties = 65536;
 
-    explicit BarrierState(std::uint32_t n) : parties(n) {}
+    explicit BarrierState(std::uint32_t n) : parties(n) {
+        for (std::uint32_t i = 0; i < parties; ++i) ::new (&members()[i]) std::atomic<std::uint64_t>(0);
+    }
+    static std::size_t extra_bytes(std::uint32_t n) noexcept { return std::size_t(n) * sizeof(std::uint64_t); }
+    std::atomic<std::uint64_t>* members() noexcept {
+        return std::launder(reinterpret_cast<std::atomic<std::uint64_t>*>(this + 1));
+    }
 
     OwnerLock lock;
     ConditionState cond;
-    std::int32_t state = filling;  // guarded by lock
-    std::uint32_t count = 0;       // guarded by lock
+    std::int32_t state = filling;   // guarded by lock
+    std::uint32_t count = 0;        // guarded by lock: the members' slots in use
+    std::int64_t last_check_ns = 0; // guarded by lock: steady clock of the last look at the slots
     const std::uint32_t parties;
 };
+
+// How often waiters on a barrier look for parties that died.
+inline constexpr std::chrono::milliseconds barrier_check_interval{200};
 
 }  // namespace detail
 
@@ -320,7 +335,8 @@ public:
 
     // Returns this waiter's arrival index, 0 .. parties-1. Throws BrokenBarrierError if
     // the barrier is or becomes broken, aborted or reset while waiting, or if the wait
-    // times out (which breaks it for everyone, as in Python).
+    // times out (which breaks it for everyone, as in Python), or if a party dies inside
+    // wait() (the others learn it within about barrier_check_interval).
     int wait() { return wait_until(detail::Deadline::after(default_timeout_)); }
     int wait(Timeout timeout) { return wait_until(detail::Deadline(timeout)); }
 
@@ -378,23 +394,70 @@ private:
         : state_(std::move(state)), default_timeout_(timeout) {}
     using S = detail::BarrierState;
     struct Guard {
-        explicit Guard(S& s) : s_(s) { s_.lock.acquire(detail::Deadline{}); }
+        explicit Guard(S& s) : s_(s) { Barrier::lock(s_); }
         ~Guard() { s_.lock.release(); }
         S& s_;
     };
 
-    static detail::SharedBlock<S> make(int parties) {
-        if (parties < 1) throw ValueError("Barrier: parties must be at least 1");
-        return detail::SharedBlock<S>::create(0, "mp-barrier", static_cast<std::uint32_t>(parties));
+    // A holder of the barrier's lock that died may have left `count` and the slots out of
+    // step, and the others waiting for it: count from the slots again, and break.
+    static void lock(S& s) {
+        bool recovered = false;
+        s.lock.acquire(detail::Deadline{}, &recovered);
+        if (!recovered) return;
+        check_members(s, true);
+        s.count = 0;
+        for (std::uint32_t i = 0; i < s.parties; ++i)
+            s.count += s.members()[i].load(std::memory_order_relaxed) != 0;
+        if (s.state == S::filling) break_barrier(s);
+        else if (s.count == 0 && s.state != S::broken) finish_round(s);
     }
 
-    // Sleeps on the condition until pred() or the deadline; false if it ran out.
+    // Frees the slots of dead parties (under the lock) at most every
+    // barrier_check_interval unless forced; a death breaks a filling barrier.
+    static void check_members(S& s, bool force) {
+        const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     detail::Clock::now().time_since_epoch()).count();
+        if (!force && now - s.last_check_ns < std::chrono::nanoseconds(detail::barrier_check_interval).count()) return;
+        s.last_check_ns = now;
+        std::uint32_t dead = 0;
+        for (std::uint32_t i = 0; i < s.parties; ++i) {
+            auto& m = s.members()[i];
+            std::uint64_t v = m.load(std::memory_order_relaxed);
+            // relaxed: the slot is guarded by the lock; the CAS only keeps one freer.
+            if (v != 0 && !detail::identity_alive(v) &&
+                m.compare_exchange_strong(v, 0, std::memory_order_relaxed))
+                ++dead;
+        }
+        if (!dead) return;
+        s.count -= std::min(dead, s.count);
+        if (s.state == S::filling) {
+            break_barrier(s);
+        } else if (s.count == 0 && (s.state == S::draining || s.state == S::resetting)) {
+            // The round was over for it already: only its leaving was missing.
+            finish_round(s);
+        }
+    }
+
+    static detail::SharedBlock<S> make(int parties) {
+        if (parties < 1) throw ValueError("Barrier: parties must be at least 1");
+        if (static_cast<std::uint32_t>(parties) > S::max_parties)
+            throw ValueError("Barrier: " + std::to_string(parties) + " parties is above the limit of " +
+                             std::to_string(S::max_parties) + " (each party inside wait() is recorded in shared memory)");
+        return detail::SharedBlock<S>::create(S::extra_bytes(static_cast<std::uint32_t>(parties)), "mp-barrier",
+                                              static_cast<std::uint32_t>(parties));
+    }
+
+    // Sleeps on the condition until pred() or the deadline; false if it ran out. Wakes
+    // every barrier_check_interval to look for dead parties.
     template <class Pred>
     bool cond_wait_for(Pred pred, const detail::Deadline& deadline) {
         auto& s = *state_;
         while (!pred()) {
             if (deadline.expired()) return pred();
-            s.cond.wait(deadline, [&] { s.lock.release(); }, [&] { s.lock.acquire(detail::Deadline{}); });
+            const detail::Deadline slice(std::chrono::duration<double>(deadline.sleep_for(detail::barrier_check_interval)));
+            s.cond.wait(slice, [&] { s.lock.release(); }, [&] { lock(s); });
+            check_members(s, false);
         }
         return true;
     }
@@ -405,21 +468,31 @@ private:
         // Let a previous round drain, or a reset finish, before joining.
         cond_wait_for([&] { return s.state != S::draining && s.state != S::resetting; }, detail::Deadline{});
         if (s.state == S::broken) throw BrokenBarrierError("Barrier.wait: the barrier is broken");
+        // Claimed together with count++ (under the lock): a party is counted exactly while
+        // its slot names it.
+        std::uint32_t member = 0;
+        while (member < s.parties && s.members()[member].load(std::memory_order_relaxed) != 0) ++member;
+        if (member == s.parties) {  // cannot happen while count matches the slots
+            break_barrier(s);
+            throw BrokenBarrierError("Barrier.wait: more parties inside wait() than the barrier has");
+        }
+        s.members()[member].store(detail::thread_identity(), std::memory_order_relaxed);
         const auto index = s.count++;
         try {
             if (index + 1 == s.parties) {
                 release_all();
             } else if (!cond_wait_for([&] { return s.state != S::filling; }, deadline)) {
-                break_barrier();
+                break_barrier(s);
                 throw BrokenBarrierError("Barrier.wait: timed out, which breaks the barrier for every waiter");
             } else if (s.state < 0) {
-                throw BrokenBarrierError("Barrier.wait: the barrier was broken, aborted or reset while waiting");
+                throw BrokenBarrierError(
+                    "Barrier.wait: the barrier was broken (aborted, reset, or a party died) while waiting");
             }
         } catch (...) {
-            leave();
+            leave(member);
             throw;
         }
-        leave();
+        leave(member);
         return static_cast<int>(index);
     }
 
@@ -427,23 +500,27 @@ private:
         try {
             if (action_) action_();
         } catch (...) {
-            break_barrier();
+            break_barrier(*state_);
             throw;
         }
         state_->state = S::draining;
         state_->cond.notify(UINT32_MAX);
     }
-    void leave() {
+    void leave(std::uint32_t member) {
         auto& s = *state_;
-        if (--s.count == 0 && (s.state == S::resetting || s.state == S::draining)) {
-            s.state = S::filling;
-            s.cond.notify(UINT32_MAX);
-        }
+        // A checker may have found us dead and freed the slot only if we were: we are not.
+        if (s.members()[member].exchange(0, std::memory_order_relaxed) == 0) return;
+        if (--s.count == 0 && (s.state == S::resetting || s.state == S::draining)) finish_round(s);
     }
-    void break_barrier() {
-        state_->state = S::broken;
-        state_->cond.notify(UINT32_MAX);
+    static void finish_round(S& s) {
+        s.state = S::filling;
+        s.cond.notify(UINT32_MAX);
     }
+    static void break_barrier(S& s) {
+        s.state = S::broken;
+        s.cond.notify(UINT32_MAX);
+    }
+    void break_barrier() { break_barrier(*state_); }
 
     detail::SharedBlock<S> state_;
     std::function<void()> action_;  // lives in each process (a fork child has its copy)

@@ -2,67 +2,73 @@
 // the futex protocols on them. synchronize.hpp wraps each in a handle; queues.hpp and
 // sharedctypes.hpp place them inside their own segments.
 //
-// Robustness: a lock word holds its holder's thread id, and a semaphore records how
-// many units each process holds. A waiter that has slept for owner_check_interval
-// looks whether the holder still exists; if it died, the waiter takes over what it
-// held. So a process killed inside a critical section costs the others at most that
-// interval, never a deadlock. (Linux's robust futex list would do this in the kernel,
-// but glibc owns that list and only pthread mutexes, which a different process may not
-// unlock, can use it.)
+// Robustness: every claim (a lock's holder, a BoundedSemaphore unit, a Condition
+// waiter's registration) is the claimant's identity stored in the claimed word itself,
+// and a waiter that has waited owner_check_interval undoes the claims of dead owners
+// with one CAS each. recovery.hpp says why that loses nothing whatever instant anyone
+// is killed at. (Linux's robust futex list would do this in the kernel, but glibc owns
+// that list and only pthread mutexes, which a different process may not unlock, can
+// use it.)
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <pthread.h>
 
+#include "../errors.hpp"
 #include "deadline.hpp"
 #include "futex.hpp"
 #include "process_state.hpp"
+#include "recovery.hpp"
 #include "shared_object.hpp"
 
 namespace multiprocessing::detail {
-
-// How long a blocked waiter sleeps before it checks on the holder.
-inline constexpr std::chrono::milliseconds owner_check_interval{100};
 
 // A short spin before sleeping: a lock is usually held for less than a system call.
 inline constexpr SpinPolicy lock_spin{100, std::chrono::microseconds(0)};
 
 // ---- OwnerLock: a mutex word ---------------------------------------------------------------
 
-// 0 when free; else the holder's thread id, plus waiters_bit once someone sleeps on it.
-// Thread ids on Linux stay below 2^22 (pid_max), far from the flag bit.
+// 0 when free; else the holding thread's identity (recovery.hpp), plus waiters_bit once
+// someone sleeps on it. Holder and claim are one 64-bit word, so no instant exists at
+// which the lock is taken but its holder unknown; waiters sleep on its low half.
 struct OwnerLock {
-    static constexpr std::uint32_t waiters_bit = 0x80000000u;
-    static constexpr std::uint32_t owner_mask = 0x3fffffffu;
+    static constexpr std::uint64_t waiters_bit = identity_flag;
 
-    std::atomic<std::uint32_t> word{0};
+    std::atomic<std::uint64_t> word{0};
 
     bool try_acquire() noexcept {
-        std::uint32_t expected = 0;
+        std::uint64_t expected = 0;
         // acquire: what the previous holder wrote before releasing is visible to us.
-        return word.compare_exchange_strong(expected, static_cast<std::uint32_t>(current_tid()),
-                                            std::memory_order_acquire, std::memory_order_relaxed);
+        return word.compare_exchange_strong(expected, thread_identity(), std::memory_order_acquire,
+                                            std::memory_order_relaxed);
     }
 
-    // Returns false if the deadline passed first.
-    bool acquire(const Deadline& deadline) {
+    // Returns false if the deadline passed first. `recovered`, if given, is set when the
+    // lock was taken over from a holder that died (the data it guards may be half-updated).
+    bool acquire(const Deadline& deadline, bool* recovered = nullptr) {
         if (try_acquire()) return true;
         if (deadline.expired()) return false;  // acquire(false): no polling
         // relaxed: only a hint to try the CAS, which itself orders.
         if (spin_until([&] { return word.load(std::memory_order_relaxed) == 0 && try_acquire(); }, lock_spin))
             return true;
-        const auto me = static_cast<std::uint32_t>(current_tid());
+        const std::uint64_t me = thread_identity();
+        OwnerCheckClock check;
+        std::uint64_t watched = 0;  // the holder `check` is timing
         for (;;) {
-            std::uint32_t cur = word.load(std::memory_order_relaxed);
+            std::uint64_t cur = word.load(std::memory_order_relaxed);
             if (cur == 0) {
                 // Taken with the waiters bit set: others may still sleep on the word, and
                 // our release must wake them (the futex mutex of Drepper's "Futexes Are
@@ -72,6 +78,10 @@ struct OwnerLock {
                     return true;
                 continue;
             }
+            if ((cur & ~waiters_bit) != watched) {
+                watched = cur & ~waiters_bit;
+                check.restart();
+            }
             if (!(cur & waiters_bit)) {
                 // relaxed: the flag only asks the holder to wake us; the futex re-checks.
                 if (!word.compare_exchange_strong(cur, cur | waiters_bit, std::memory_order_relaxed,
@@ -80,15 +90,19 @@ struct OwnerLock {
                 cur |= waiters_bit;
             }
             if (deadline.expired()) return false;
-            const auto slept_from = Clock::now();
-            futex_wait(word, cur, deadline.sleep_for(owner_check_interval));
-            // After a full check interval with the same holder, ask whether it is alive.
-            if (Clock::now() - slept_from >= owner_check_interval && word.load(std::memory_order_relaxed) == cur &&
-                !task_alive(static_cast<pid_t>(cur & owner_mask))) {
-                // acquire: as in try_acquire(); only one waiter's CAS from `cur` wins.
-                if (word.compare_exchange_strong(cur, me | waiters_bit, std::memory_order_acquire,
-                                                 std::memory_order_relaxed))
+            futex_wait_low(word, cur, deadline.sleep_for(owner_check_interval));
+            // The same holder for a whole interval (however often we were woken): does it
+            // live? A dead holder writes nothing more, so `cur` is still its word, and only
+            // one waiter's CAS from it wins. acquire: as in try_acquire().
+            if (check.due() && (word.load(std::memory_order_relaxed) & ~waiters_bit) == watched &&
+                !identity_alive(watched)) {
+                std::uint64_t dead = word.load(std::memory_order_relaxed);
+                if ((dead & ~waiters_bit) == watched &&
+                    word.compare_exchange_strong(dead, me | waiters_bit, std::memory_order_acquire,
+                                                 std::memory_order_relaxed)) {
+                    if (recovered) *recovered = true;
                     return true;
+                }
             }
         }
     }
@@ -97,14 +111,14 @@ struct OwnerLock {
     bool release() noexcept {
         // release: our writes in the critical section happen before the next holder's
         // acquire CAS reads the word.
-        const std::uint32_t old = word.exchange(0, std::memory_order_release);
-        if (old & waiters_bit) futex_wake(word, 1);
+        const std::uint64_t old = word.exchange(0, std::memory_order_release);
+        if (old & waiters_bit) futex_wake_low(word, 1);
         return old != 0;
     }
 
     bool held_by_me() const noexcept {
-        // relaxed: only this thread can have stored its own id.
-        return (word.load(std::memory_order_relaxed) & owner_mask) == static_cast<std::uint32_t>(current_tid());
+        // relaxed: only this thread can have stored its own identity.
+        return (word.load(std::memory_order_relaxed) & ~waiters_bit) == thread_identity();
     }
     bool held() const noexcept { return word.load(std::memory_order_relaxed) != 0; }
 };
@@ -145,8 +159,191 @@ struct RecursiveLock {
 
 // ---- CountingSemaphore ---------------------------------------------------------------------
 
-// Which processes hold how many units, so a dead holder's units can be given back (a
-// Condition counts its waiting threads in one the same way). Entries are claimed by pid;
+// A plain Semaphore is a counter and nothing more: as in Python, units a dead process
+// had acquired stay taken (an acquire may mean "took an item", which is gone with it).
+//
+// A BoundedSemaphore(n) is n unit slots after this struct (its SharedBlock's extra
+// bytes): 0 for a free unit, else the identity of the process holding it. Acquiring is
+// one CAS of a free slot to our identity, releasing one CAS back to 0, recovering one
+// CAS of a dead holder's slot to 0: the unit and the record of who holds it are the same
+// word (recovery.hpp), so there are never more than n units. `value` is then only the
+// futex word waiters sleep on (a release sequence), not the count.
+struct alignas(8) CountingSemaphore {
+    static constexpr std::uint32_t unbounded = UINT32_MAX;
+    // Beyond this a slot per unit is absurd; BoundedSemaphore refuses it.
+    static constexpr std::uint32_t max_bound = 65536;
+
+    std::atomic<std::uint32_t> value;  // plain: the count; bounded: bumped by each release
+    std::atomic<std::uint32_t> sleepers{0};
+    const std::uint32_t bound;  // BoundedSemaphore's maximum; unbounded for a Semaphore
+    std::uint32_t reserved = 0;
+
+    static std::size_t extra_bytes(std::uint32_t bound) noexcept {
+        return bound == unbounded ? 0 : std::size_t(bound) * sizeof(std::atomic<std::uint64_t>);
+    }
+
+    CountingSemaphore(std::uint32_t initial, std::uint32_t max_value)
+        : value(max_value == unbounded ? initial : 0), bound(max_value) {
+        if (bounded())
+            for (std::uint32_t i = 0; i < bound; ++i) ::new (&slots()[i]) std::atomic<std::uint64_t>(0);
+    }
+
+    bool bounded() const noexcept { return bound != unbounded; }
+    std::atomic<std::uint64_t>* slots() noexcept {
+        return std::launder(reinterpret_cast<std::atomic<std::uint64_t>*>(this + 1));
+    }
+
+    bool try_acquire() noexcept { return bounded() ? try_claim() : try_take(); }
+
+    bool acquire(const Deadline& deadline) {
+        if (try_acquire()) return true;
+        if (deadline.expired()) return false;  // acquire(false): no polling
+        if (spin_until([&] { return try_acquire(); }, lock_spin)) return true;
+        OwnerCheckClock check;
+        for (;;) {
+            // seq_cst: Dekker with release(): either it sees us sleeping (and bumps
+            // `value`, which the kernel's compare in futex_wait sees) or we see its
+            // increment (plain) or its freed slot (bounded) in try_acquire().
+            sleepers.fetch_add(1, std::memory_order_seq_cst);
+            const std::uint32_t seen = value.load(std::memory_order_seq_cst);
+            if (try_acquire()) {
+                sleepers.fetch_sub(1, std::memory_order_relaxed);
+                return true;
+            }
+            if (deadline.expired()) {
+                sleepers.fetch_sub(1, std::memory_order_relaxed);
+                return false;
+            }
+            // Plain: sleep while the count is 0. Bounded: while no release happened since
+            // `seen` (a release by a process killed before announcing it costs us one
+            // check interval, after which we look at the slots anyway).
+            futex_wait(value, bounded() ? seen : 0, deadline.sleep_for(owner_check_interval));
+            sleepers.fetch_sub(1, std::memory_order_relaxed);
+            if (bounded() && check.due()) reclaim_dead();
+        }
+    }
+
+    // False when there is nothing to release (a bounded semaphore at its bound).
+    bool release() noexcept {
+        if (bounded()) {
+            if (!unclaim()) return false;
+            // seq_cst: Dekker with acquire(): our slot CAS came first, so either this load
+            // sees the sleeper or the sleeper's look at the slots sees the unit. A
+            // releaser killed before the bump costs a sleeper one check interval.
+            if (sleepers.load(std::memory_order_seq_cst) != 0) {
+                value.fetch_add(1, std::memory_order_seq_cst);
+                futex_wake(value, 1);
+            }
+            return true;
+        }
+        std::uint32_t v = value.load(std::memory_order_relaxed);
+        do {
+            if (v == UINT32_MAX) return false;
+            // seq_cst: the release half of the lock-like ordering, and Dekker with the
+            // sleeper count read below.
+        } while (!value.compare_exchange_weak(v, v + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
+        if (sleepers.load(std::memory_order_seq_cst) != 0) futex_wake(value, 1);
+        return true;
+    }
+
+    std::uint32_t get_value() noexcept {
+        // relaxed: a snapshot, as Python's get_value() is.
+        if (!bounded()) return value.load(std::memory_order_relaxed);
+        std::uint32_t free = 0;
+        for (std::uint32_t i = 0; i < bound; ++i) free += slots()[i].load(std::memory_order_relaxed) == 0;
+        return free;
+    }
+
+    // Frees the slots of dead holders; returns how many.
+    std::uint32_t reclaim_dead() noexcept {
+        std::uint32_t freed = 0;
+        Identity known_alive = 0;  // most slots of a busy semaphore belong to few processes
+        for (std::uint32_t i = 0; i < bound; ++i) {
+            auto& slot = slots()[i];
+            std::uint64_t owner = slot.load(std::memory_order_relaxed);
+            if (owner == 0 || owner == known_alive) continue;
+            if (identity_alive(owner)) {
+                known_alive = owner;
+                continue;
+            }
+            // One step: before it, the unit is still the dead holder's; after it, free.
+            // acq_rel: as a release by the dead holder would have been (release), and
+            // ordered after its writes we may be the first to see (acquire).
+            if (slot.compare_exchange_strong(owner, 0, std::memory_order_acq_rel, std::memory_order_relaxed))
+                ++freed;
+        }
+        if (freed) {
+            // seq_cst: as release()'s bump.
+            value.fetch_add(1, std::memory_order_seq_cst);
+            futex_wake(value, static_cast<int>(freed));
+        }
+        return freed;
+    }
+
+private:
+    bool try_take() noexcept {
+        std::uint32_t v = value.load(std::memory_order_relaxed);
+        while (v > 0)
+            // acquire: pairs with release()'s increment, as a lock's acquire does.
+            if (value.compare_exchange_weak(v, v - 1, std::memory_order_acquire, std::memory_order_relaxed))
+                return true;
+        return false;
+    }
+
+    // Where this thread starts looking: spread over the slots by identity, so that an
+    // uncontended acquire and its release touch one slot whatever the history.
+    std::uint32_t start_slot() const noexcept {
+        if (bound == 1) return 0;
+        const std::uint64_t h = (thread_identity() * 0x9E3779B97F4A7C15ull) >> 32;
+        return static_cast<std::uint32_t>((h * bound) >> 32);  // h * bound / 2^32: in [0, bound)
+    }
+
+    bool try_claim() noexcept {
+        if (bound == 0) return false;
+        const std::uint64_t me = process_identity();
+        const std::uint32_t first = start_slot();
+        for (std::uint32_t k = 0; k < bound; ++k) {
+            std::uint32_t i = first + k;
+            if (i >= bound) i -= bound;
+            auto& slot = slots()[i];
+            std::uint64_t expected = 0;
+            // seq_cst load: Dekker with release() (see there); a plain load on x86.
+            // acquire CAS: pairs with the release CAS that freed the slot.
+            if (slot.load(std::memory_order_seq_cst) == 0 &&
+                slot.compare_exchange_strong(expected, me, std::memory_order_acquire, std::memory_order_relaxed))
+                return true;
+        }
+        return false;
+    }
+
+    // One of our own units if we hold one, else (a release on someone's behalf, as when
+    // a semaphore signals between processes) anyone's. False if every unit is free.
+    bool unclaim() noexcept {
+        if (bound == 0) return false;
+        const std::uint64_t me = process_identity();
+        const std::uint32_t first = start_slot();
+        for (int pass = 0; pass < 2; ++pass)
+            for (std::uint32_t k = 0; k < bound; ++k) {
+                std::uint32_t i = first + k;
+                if (i >= bound) i -= bound;
+                auto& slot = slots()[i];
+                std::uint64_t owner = slot.load(std::memory_order_relaxed);
+                if (owner == 0 || (pass == 0 && owner != me)) continue;
+                // release: our writes before release() are visible to the next claimer;
+                // seq_cst: and it precedes release()'s look at the sleepers (Dekker).
+                if (slot.compare_exchange_strong(owner, 0, std::memory_order_seq_cst, std::memory_order_relaxed))
+                    return true;
+            }
+        return false;
+    }
+};
+
+// ---- HolderTable (legacy) -------------------------------------------------------------------
+
+// Only the bounded queue's slot bookkeeping (queue_core.hpp) still uses this, until it
+// moves to claims as recovery.hpp describes; it has the flaws issue 13 lists (32
+// entries, bare pids, a record apart from the unit). Which processes hold how many
+// units, so a dead holder's units can be given back. Entries are claimed by pid;
 // a process may own several (two threads racing to claim), which only splits its count.
 // The entry of a dead process that held nothing is reused; a table full of live holders
 // just makes later holders unrecoverable.
@@ -248,215 +445,172 @@ private:
     }
 };
 
-struct CountingSemaphore {
-    std::atomic<std::uint32_t> value;
-    std::atomic<std::uint32_t> sleepers{0};
-    const std::uint32_t bound;  // BoundedSemaphore's maximum; UINT32_MAX when unbounded
-    HolderTable holders;
-
-    CountingSemaphore(std::uint32_t initial, std::uint32_t max_value) : value(initial), bound(max_value) {}
-
-    bool try_acquire() noexcept {
-        std::uint32_t v = value.load(std::memory_order_relaxed);
-        while (v > 0) {
-            // acquire: pairs with release()'s increment, as a lock's acquire does.
-            if (value.compare_exchange_weak(v, v - 1, std::memory_order_acquire, std::memory_order_relaxed)) {
-                holders.add(current_pid());
-                return true;
-            }
-        }
-        return false;
-    }
-
-    bool acquire(const Deadline& deadline) {
-        if (try_acquire()) return true;
-        if (deadline.expired()) return false;  // acquire(false): no polling
-        if (spin_until([&] { return try_acquire(); }, lock_spin)) return true;
-        for (;;) {
-            if (try_acquire()) return true;
-            if (deadline.expired()) return false;
-            // seq_cst: Dekker with release(): either it sees us sleeping or the kernel's
-            // compare in futex_wait sees its increment.
-            sleepers.fetch_add(1, std::memory_order_seq_cst);
-            const auto slept_from = Clock::now();
-            futex_wait(value, 0, deadline.sleep_for(owner_check_interval));
-            sleepers.fetch_sub(1, std::memory_order_relaxed);
-            if (Clock::now() - slept_from >= owner_check_interval) give_back(holders.reclaim_dead());
-        }
-    }
-
-    // False when a bounded semaphore would go above its bound.
-    bool release() noexcept {
-        std::uint32_t v = value.load(std::memory_order_relaxed);
-        do {
-            if (v >= bound) return false;
-            // seq_cst: the release half of the lock-like ordering, and Dekker with the
-            // sleeper count read below.
-        } while (!value.compare_exchange_weak(v, v + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
-        holders.remove(current_pid());
-        if (sleepers.load(std::memory_order_seq_cst) != 0) futex_wake(value, 1);
-        return true;
-    }
-
-    void give_back(std::uint32_t units) noexcept {
-        if (units == 0) return;
-        value.fetch_add(units, std::memory_order_seq_cst);
-        futex_wake(value, static_cast<int>(units));
-    }
-};
-
-// Every semaphore this process can use (created here or inherited: a fork child has the
-// parent's registry), so that a normal exit can drop the process's holder records. Units
-// a process still holds when it exits normally were consumed (a semaphore counting items
-// hands them out for good); only a process that dies without exiting (a signal, _exit)
-// leaves records for the recovery above.
-class SemaphoreRegistry {
-public:
-    static void add(std::weak_ptr<void> alive, CountingSemaphore* semaphore) {
-        static const bool hooked = [] {
-            add_normal_exit_action([] { instance().forget_holdings(); });
-            ::pthread_atfork(nullptr, nullptr, [] { new (&instance().mutex_) std::mutex; });
-            return true;
-        }();
-        (void)hooked;
-        auto& self = instance();
-        std::lock_guard lock(self.mutex_);
-        std::erase_if(self.entries_, [](const Entry& e) { return e.alive.expired(); });
-        self.entries_.push_back({std::move(alive), semaphore});
-    }
-
-private:
-    struct Entry {
-        std::weak_ptr<void> alive;  // the mapping; expired once no handle here maps it
-        CountingSemaphore* semaphore;
-    };
-    static SemaphoreRegistry& instance() {
-        static auto* registry = new SemaphoreRegistry;  // outlives static destructors
-        return *registry;
-    }
-    void forget_holdings() noexcept {
-        std::lock_guard lock(mutex_);
-        const pid_t me = current_pid();
-        for (auto& e : entries_)
-            if (auto mapping = e.alive.lock()) e.semaphore->holders.forget(me);
-    }
-
-    std::mutex mutex_;
-    std::vector<Entry> entries_;
-};
 
 // ---- ConditionState ------------------------------------------------------------------------
 
-// Waiters are counted in `pending` while registered and unwoken; notify(n) turns up to n
-// of them into `tokens`, which any registered waiter may take. Invariant: pending +
-// tokens = threads inside wait() that hold no token yet. A waiter that times out either
-// deregisters (pending > 0) or, if it was already notified, takes its token; so notify(n)
-// wakes at most n. The notifier holds the condition's lock, so only timeouts race with it.
+// Each thread inside wait() owns one slot of a fixed table: its identity while waiting,
+// with notified_bit once notify() chose it. The wake-up is in the waiter's own slot, so
+// no other thread can take it, and taking it (the slot back to 0) is one step: there is
+// no token to lose between "took" and "deregistered". Waiters sleep on their slot's low
+// half, which notify() changes, so notify(n) wakes exactly the n it chose (the oldest
+// waiters first, as Python's).
 //
-// notify() returns once its tokens are all taken (CPython's Condition.notify likewise
-// waits for the woken to acknowledge), and it holds the lock until then, so no thread can
-// start to wait while a token is out: a wake-up goes to a thread that was waiting when
-// notify() was called. (Were a later waiter to take it, the notified one would sleep on:
-// a lost wake-up, which for instance left a Barrier's drained round unfinished forever.)
-// A waiter that dies before taking its token would make notify() wait forever, so the
-// notifier, after each owner_check_interval, drops the registrations of dead waiting
-// processes, which `waiters` records.
+// notify() returns once its chosen waiters have taken their wake-ups (CPython's
+// Condition.notify likewise waits for the woken to acknowledge). That is what makes a
+// waiter's death harmless: a chosen waiter that has not taken its wake-up after
+// owner_check_interval is asked about; if dead, its slot is freed and its wake-up goes
+// to the next live waiter. A waiter that dies unchosen keeps its slot until a notify()
+// chooses it (and finds it dead) or until a new waiter finds the table full and sweeps.
+//
+// The table bounds how many threads wait on one condition AT ONCE (not how many ever
+// did); one more gets an exception from wait(), with the lock still held.
 struct ConditionState {
-    std::atomic<std::uint32_t> pending{0};
-    std::atomic<std::uint32_t> tokens{0};   // the futex word waiters sleep on
-    std::atomic<std::uint32_t> drained{0};  // bumped when tokens reach 0; the notifier sleeps on it
-    HolderTable waiters;                    // processes inside wait(): how many of their threads
+    static constexpr std::uint32_t capacity = 4096;
+    static constexpr std::uint64_t notified_bit = identity_flag;
+
+    std::atomic<std::uint32_t> high{0};    // slots at and above it were never used
+    std::atomic<std::uint32_t> acks{0};    // bumped by each woken waiter; the notifier sleeps on it
+    std::atomic<std::uint32_t> deaths{0};  // dead waiters whose slots were freed
+    std::uint32_t next_ticket = 0;         // guarded by the lock
+    std::uint32_t tickets[capacity] = {};  // guarded by the lock: when each slot's waiter came
+    std::atomic<std::uint64_t> slots[capacity] = {};
 
     // Called with the lock held; `unlock` and `relock` drop and retake it. True if
     // notified, false if the deadline passed.
     template <class Unlock, class Relock>
     bool wait(const Deadline& deadline, Unlock&& unlock, Relock&& relock) {
-        waiters.add(current_pid());
-        // relaxed: registration is published by the unlock's release.
-        pending.fetch_add(1, std::memory_order_relaxed);
+        const std::uint64_t me = thread_identity();
+        auto& slot = slots[claim_slot(me)];
         unlock();
         bool notified = false;
         for (;;) {
-            if (take_token()) {
+            // acquire: pairs with notify()'s release CAS.
+            std::uint64_t v = slot.load(std::memory_order_acquire);
+            if (v == (me | notified_bit)) {
+                // Taking the wake-up frees the slot, in one store: no one else writes a
+                // live waiter's notified slot. release: the notifier that sees it free
+                // (after our acks bump) is done with us.
+                slot.store(0, std::memory_order_release);
+                // seq_cst: Dekker with await_acks(), which reads acks before the slots.
+                acks.fetch_add(1, std::memory_order_seq_cst);
+                futex_wake(acks, 1);
                 notified = true;
                 break;
             }
             if (deadline.expired()) {
-                std::uint32_t p = pending.load(std::memory_order_relaxed);
-                while (p > 0)
-                    if (pending.compare_exchange_weak(p, p - 1, std::memory_order_relaxed)) break;
-                if (p > 0) break;  // deregistered: a plain timeout
-                // Everyone registered was notified, us included: our token is coming.
-                while (!take_token()) cpu_relax();
-                notified = true;
-                break;
+                // relaxed: deregistering publishes nothing. Fails only if notify() chose
+                // us meanwhile: then take the wake-up on the next turn.
+                if (slot.compare_exchange_strong(v, 0, std::memory_order_relaxed, std::memory_order_relaxed)) break;
+                continue;
             }
-            futex_wait(tokens, 0, deadline.sleep_for(std::chrono::hours(1)));
+            futex_wait_low(slot, me, deadline.sleep_for(std::chrono::hours(1)));
         }
-        waiters.remove_own(current_pid());
         relock();
         return notified;
     }
 
     // Wakes up to n waiters; returns how many. Caller holds the lock.
-    std::uint32_t notify(std::uint32_t n) noexcept {
-        std::uint32_t woken = 0;
-        std::uint32_t p = pending.load(std::memory_order_relaxed);
-        while (woken < n && p > 0) {
-            if (!pending.compare_exchange_weak(p, p - 1, std::memory_order_relaxed)) continue;
-            --p;
-            ++woken;
-        }
-        if (woken) {
-            // release: what we wrote under the lock is visible to a waiter taking the
-            // token (it also retakes the lock, which orders it anyway).
-            tokens.fetch_add(woken, std::memory_order_release);
-            futex_wake(tokens, static_cast<int>(woken));
-            await_tokens_taken();
-        }
+    std::uint32_t notify(std::uint32_t n) {
+        std::vector<std::pair<std::uint32_t, std::uint64_t>> chosen;  // slot, its notified word
+        choose(n, chosen);
+        const auto woken = static_cast<std::uint32_t>(chosen.size());
+        if (woken) await_acks(chosen);
         return woken;
     }
 
-private:
-    bool take_token() noexcept {
-        std::uint32_t t = tokens.load(std::memory_order_relaxed);
-        while (t > 0)
-            // acquire: pairs with notify()'s release.
-            if (tokens.compare_exchange_weak(t, t - 1, std::memory_order_acquire, std::memory_order_relaxed)) {
-                if (t == 1) {
-                    // The last one: tell the notifier. seq_cst: after our CAS, so a
-                    // notifier that sees the new `drained` also sees tokens at 0.
-                    drained.fetch_add(1, std::memory_order_seq_cst);
-                    futex_wake(drained, 1);
-                }
-                return true;
-            }
-        return false;
+    // Frees the slots of dead waiters (with the lock held, or from a notifier); how many.
+    std::uint32_t reap_dead() noexcept {
+        std::uint32_t freed = 0;
+        const std::uint32_t end = high.load(std::memory_order_relaxed);
+        for (std::uint32_t i = 0; i < end; ++i) {
+            std::uint64_t v = slots[i].load(std::memory_order_relaxed);
+            if (v != 0 && !identity_alive(v & ~notified_bit) && free_dead(i, v)) ++freed;
+        }
+        return freed;
     }
 
-    void await_tokens_taken() noexcept {
-        if (spin_until([&] { return tokens.load(std::memory_order_acquire) == 0; }, lock_spin)) return;
-        for (;;) {
-            // seq_cst: `drained` before `tokens`, the reverse of take_token()'s order.
-            const std::uint32_t d = drained.load(std::memory_order_seq_cst);
-            if (tokens.load(std::memory_order_seq_cst) == 0) return;
-            const auto slept_from = Clock::now();
-            futex_wait(drained, d, owner_check_interval);
-            if (Clock::now() - slept_from >= owner_check_interval) forget_dead_waiters();
+private:
+    std::uint32_t claim_slot(std::uint64_t me) {
+        for (int round = 0; round < 2; ++round) {
+            for (std::uint32_t i = 0; i < capacity; ++i) {
+                std::uint64_t expected = 0;
+                // relaxed: the registration is published by the unlock's release, and
+                // read by a notifier only under the lock.
+                if (slots[i].load(std::memory_order_relaxed) == 0 &&
+                    slots[i].compare_exchange_strong(expected, me, std::memory_order_relaxed)) {
+                    tickets[i] = next_ticket++;
+                    if (i >= high.load(std::memory_order_relaxed)) high.store(i + 1, std::memory_order_relaxed);
+                    return i;
+                }
+            }
+            if (reap_dead() == 0) break;
+        }
+        throw ProcessError("Condition.wait: " + std::to_string(capacity) +
+                           " threads are already waiting on this condition, the most it can hold at once; "
+                           "notify some, or use several conditions");
+    }
+
+    // A dead waiter writes nothing more, so its word is still `v` unless another reaper
+    // freed it first; one CAS wins.
+    bool free_dead(std::uint32_t i, std::uint64_t v) noexcept {
+        // relaxed: the slot guards no data of the dead waiter's.
+        if (!slots[i].compare_exchange_strong(v, 0, std::memory_order_relaxed)) return false;
+        deaths.fetch_add(1, std::memory_order_relaxed);
+        return true;
+    }
+
+    // Marks up to n of the waiting (not yet chosen) slots, oldest first.
+    void choose(std::uint32_t n, std::vector<std::pair<std::uint32_t, std::uint64_t>>& chosen) {
+        if (n == 0) return;
+        std::vector<std::pair<std::uint32_t, std::uint32_t>> waiting;  // age, slot
+        const std::uint32_t end = high.load(std::memory_order_relaxed);
+        for (std::uint32_t i = 0; i < end; ++i) {
+            const std::uint64_t v = slots[i].load(std::memory_order_relaxed);
+            if (v != 0 && !(v & notified_bit)) waiting.emplace_back(next_ticket - tickets[i], i);
+        }
+        std::sort(waiting.begin(), waiting.end(), std::greater<>());
+        for (auto [age, i] : waiting) {
+            if (n == 0) break;
+            std::uint64_t v = slots[i].load(std::memory_order_relaxed);
+            if (v == 0 || (v & notified_bit)) continue;
+            // release: what we wrote under the lock is visible to the waiter taking the
+            // wake-up (it also retakes the lock, which orders it anyway). Fails if the
+            // waiter timed out and left meanwhile.
+            if (!slots[i].compare_exchange_strong(v, v | notified_bit, std::memory_order_release,
+                                                  std::memory_order_relaxed))
+                continue;
+            futex_wake_low(slots[i]);
+            chosen.emplace_back(i, v | notified_bit);
+            --n;
         }
     }
 
-    // The registrations of waiters whose process died: first from the unwoken (a live
-    // waiter that was notified keeps its token), then their tokens.
-    void forget_dead_waiters() noexcept {
-        std::uint32_t dead = waiters.reclaim_dead();
-        std::uint32_t p = pending.load(std::memory_order_relaxed);
-        while (dead > 0 && p > 0)
-            if (pending.compare_exchange_weak(p, p - 1, std::memory_order_relaxed)) {
-                --dead;
-                --p;
+    void await_acks(std::vector<std::pair<std::uint32_t, std::uint64_t>>& chosen) {
+        auto taken = [&] {
+            // acquire: the waiter's store of 0 came after it woke.
+            std::erase_if(chosen, [&](const auto& c) { return slots[c.first].load(std::memory_order_acquire) != c.second; });
+            return chosen.empty();
+        };
+        if (spin_until(taken, lock_spin)) return;
+        OwnerCheckClock check;
+        for (;;) {
+            // seq_cst: `acks` before the slots, the reverse of wait()'s order.
+            const std::uint32_t a = acks.load(std::memory_order_seq_cst);
+            if (taken()) return;
+            futex_wait(acks, a, owner_check_interval);
+            if (!check.due()) continue;
+            // Chosen waiters that have not taken their wake-up for a whole interval: the
+            // dead ones' wake-ups go to live waiters instead.
+            std::uint32_t lost = 0;
+            for (auto& [i, word] : chosen)
+                if (slots[i].load(std::memory_order_relaxed) == word && !identity_alive(word & ~notified_bit) &&
+                    free_dead(i, word))
+                    ++lost;
+            if (lost) {
+                reap_dead();
+                choose(lost, chosen);
             }
-        while (dead > 0 && take_token()) --dead;
+        }
     }
 };
 
