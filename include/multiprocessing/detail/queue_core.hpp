@@ -18,9 +18,11 @@
 // then put the sentinel" idiom works as with Python's single pipe). With one producer
 // the counter stays in its cache; with several, consumers compare lane heads.
 //
-// Growth: every lane's ring reserves 128 MiB of address space in the segment (1 GiB a
-// queue, so a process under a 4 GiB RLIMIT_AS can still make one), but pages are only
-// backed once written, and a producer keeps cycling through the first 4 MiB while the
+// Growth: every lane's ring is 1 GiB of the segment (a memfd, sparse), but a process maps
+// a lane only when it first puts to it or gets from it (a producer maps its own lane, a
+// consumer the lanes it reads), so a process under a 4 GiB RLIMIT_AS can still make and
+// use a queue. Pages are only backed once written, and a producer keeps cycling through
+// the first 4 MiB while the
 // consumer keeps up (ring.hpp's early wrap). A burst that runs a lane past those 4 MiB
 // is given back to the kernel as it is drained: a consumer punches out the pages of each
 // record of 64 KiB or more past the warm part before releasing it (ring.hpp,
@@ -83,6 +85,10 @@
 #include <span>
 #include <string>
 
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "../errors.hpp"
 #include "futex.hpp"
 #include "ring.hpp"
@@ -95,7 +101,7 @@ namespace multiprocessing::detail {
 inline constexpr std::uint32_t queue_lane_count = 8;
 // Each record starts with its ticket (see "Order" above).
 using Ticket = std::uint64_t;
-inline constexpr std::uint32_t queue_lane_capacity = 128u << 20;
+inline constexpr std::uint32_t queue_lane_capacity = 1u << 30;
 
 // The slot word (see "Slots of a bounded queue" above).
 inline constexpr std::uint64_t slot_count_mask = 0xFFFFFFFFull;
@@ -155,22 +161,28 @@ enum class QueueWait { done, timed_out };
 class QueueCore {
 public:
     QueueCore(std::uint32_t maxsize, bool joinable) {
-        // The fd stays open (one per queue): forked children inherit the mapping, but a
-        // spawned one is given the fd (reduction.hpp).
-        segment_ = SharedSegment::create(segment_bytes, "mp-queue");
+        // The fd stays open (one per queue): forked children inherit the mappings, but a
+        // spawned one is given the fd (reduction.hpp); lanes are mapped from it on demand.
+        // Only the header and lane controls are mapped here; the file is sized for all
+        // the lanes (sparse: it costs nothing until written).
+        segment_ = SharedSegment::create(data_offset, "mp-queue");
+        if (::ftruncate(segment_.fd(), static_cast<off_t>(segment_bytes)) != 0) throw_errno("ftruncate(queue segment)");
         header_ = ::new (segment_.data()) QueueHeader(maxsize, joinable);
         lanes_ = reinterpret_cast<QueueLane*>(segment_.data() + sizeof(QueueHeader));
         for (std::uint32_t i = 0; i < queue_lane_count; ++i) ::new (&lanes_[i]) QueueLane;
     }
     // In a spawned process: the queue another process made, from the fd it was given
     // (which this now owns).
-    explicit QueueCore(int segment_fd) : segment_(SharedSegment::adopt(segment_fd)) {
-        if (segment_.size() != segment_bytes)
-            throw ProcessError("multiprocessing: a spawned process was given a queue segment of the wrong size");
+    explicit QueueCore(int segment_fd) : segment_(adopt_header(segment_fd)) {
         header_ = std::launder(reinterpret_cast<QueueHeader*>(segment_.data()));
         lanes_ = std::launder(reinterpret_cast<QueueLane*>(segment_.data() + sizeof(QueueHeader)));
     }
     int segment_fd() const noexcept { return segment_.fd(); }
+    ~QueueCore() {
+        for (auto& data : lane_data_)
+            // relaxed: no other thread uses a queue being destroyed.
+            if (std::byte* p = data.load(std::memory_order_relaxed)) ::munmap(p, queue_lane_capacity);
+    }
     QueueCore(const QueueCore&) = delete;
     QueueCore& operator=(const QueueCore&) = delete;
 
@@ -189,6 +201,8 @@ public:
             throw ValueError("Queue.put: an item of " + std::to_string(size) + " bytes is larger than a queue holds (" +
                              std::to_string(max_item_bytes()) + " bytes); send it in parts or through a Pipe");
         const std::uint32_t i = home_lane();
+        if (!map_lane(i))
+            throw_errno("Queue.put: mapping a queue lane (1 GiB of address space; is RLIMIT_AS too low?)");
         QueueLane& lane = lanes_[i];
         if (!lane.producer_lock.acquire(deadline)) return QueueWait::timed_out;
         LaneLock held(lane.producer_lock);
@@ -350,9 +364,34 @@ private:
         OwnerLock* lock_;
     };
 
+    // Lane i's ring. Its data is null until map_lane(i): positions and emptiness need
+    // only the control block, in the header mapping.
     Ring lane_ring(std::uint32_t i) const noexcept {
-        return Ring(&lanes_[i].ring, segment_.data() + data_offset + std::size_t{i} * queue_lane_capacity,
-                    queue_lane_capacity, /*discard_cold=*/true);
+        // acquire: pairs with map_lane's release CAS (the pointer is to a live mapping).
+        return Ring(&lanes_[i].ring, lane_data_[i].load(std::memory_order_acquire), queue_lane_capacity,
+                    /*discard_cold=*/true);
+    }
+    // Maps lane i's data in this process if not yet; false if the mapping failed (errno).
+    bool map_lane(std::uint32_t i) noexcept {
+        // acquire: as in lane_ring().
+        if (lane_data_[i].load(std::memory_order_acquire)) return true;
+        void* p = ::mmap(nullptr, queue_lane_capacity, PROT_READ | PROT_WRITE, MAP_SHARED, segment_.fd(),
+                         static_cast<off_t>(data_offset + std::size_t{i} * queue_lane_capacity));
+        if (p == MAP_FAILED) return false;
+        std::byte* expected = nullptr;
+        // release: the mapping is complete before another thread uses the pointer.
+        if (!lane_data_[i].compare_exchange_strong(expected, static_cast<std::byte*>(p), std::memory_order_release,
+                                                   std::memory_order_acquire))
+            ::munmap(p, queue_lane_capacity);  // another thread of ours mapped it first
+        return true;
+    }
+    static SharedSegment adopt_header(int fd) {
+        struct stat st;
+        if (::fstat(fd, &st) != 0 || static_cast<std::size_t>(st.st_size) != segment_bytes) {
+            ::close(fd);
+            throw ProcessError("multiprocessing: a spawned process was given a queue segment of the wrong size");
+        }
+        return SharedSegment::adopt_prefix(fd, data_offset);
     }
     std::uint32_t lanes_used() const noexcept {
         // acquire: a lane counted here has its claim (and any records) visible.
@@ -528,12 +567,17 @@ private:
         const std::uint32_t start = next_lane_.load(std::memory_order_relaxed);
         std::uint32_t best = queue_lane_count;
         Ticket best_ticket = 0;
+        bool unmappable = false;
         for (int pass = 0; pass < 8; ++pass) {
             bool changed = false;
             const std::uint32_t used = lanes_used();
             for (std::uint32_t k = 0; k < used; ++k) {
                 const std::uint32_t i = (start + k) % used;
                 if (i == best || lane_ring(i).empty()) continue;
+                if (!map_lane(i)) {
+                    unmappable = true;
+                    continue;
+                }
                 if (!lanes_[i].consumer_lock.try_acquire()) {
                     busy_lane = i;
                     continue;
@@ -551,7 +595,12 @@ private:
                     lanes_[i].consumer_lock.release();
                 }
             }
-            if (best == queue_lane_count) return false;
+            if (best == queue_lane_count) {
+                if (unmappable)
+                    throw ProcessError("Queue.get: could not map a queue lane (1 GiB of address space each); is "
+                                       "RLIMIT_AS too low for the number of producers?");
+                return false;
+            }
             if (!changed) break;
         }
         return take_from(lanes_[best], best, decode);
@@ -610,6 +659,8 @@ private:
     std::atomic<pid_t> home_pid_{0};
     std::atomic<std::uint32_t> home_{0};
     std::atomic<std::uint32_t> next_lane_{0};
+    // This process's mappings of the lanes' data (null: not mapped yet).
+    std::atomic<std::byte*> lane_data_[queue_lane_count] = {};
 };
 
 }  // namespace multiprocessing::detail
