@@ -22,8 +22,7 @@
 // a lane only when it first puts to it or gets from it (a producer maps its own lane, a
 // consumer the lanes it reads), so a process under a 4 GiB RLIMIT_AS can still make and
 // use a queue. Pages are only backed once written, and a producer keeps cycling through
-// the first 4 MiB while the
-// consumer keeps up (ring.hpp's early wrap). A burst that runs a lane past those 4 MiB
+// the first 4 MiB while the consumer keeps up (ring.hpp's early wrap). A burst that runs a lane past those 4 MiB
 // is given back to the kernel as it is drained: a consumer punches out the pages of each
 // record of 64 KiB or more past the warm part before releasing it (ring.hpp,
 // discard_cold), so after 256 items of 1 MiB put and drained the resident size falls
