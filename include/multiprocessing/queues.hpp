@@ -104,8 +104,14 @@ private:
         const auto r = core().put(
             size,
             [&](std::byte* at) {
-                detail::ByteWriter w(at);
+                // Bounded by what was measured and reserved: an encoding that grew since
+                // throws (and put() undoes everything) instead of writing past the record.
+                detail::ByteWriter w(at, size);
                 detail::put(w, item);
+                if (w.written() != size)
+                    throw ValueError("Queue.put: the item's encoding shrank between measuring it (" +
+                                     std::to_string(size) + " bytes) and writing it (" +
+                                     std::to_string(w.written()) + " bytes); is its serializer deterministic?");
             },
             deadline);
         if (r == detail::QueueWait::timed_out) throw Full("Queue.put: the queue is full");

@@ -55,18 +55,32 @@ namespace multiprocessing::detail {
 
 // ---- byte sinks and sources ------------------------------------------------------------
 
-// Writes bytes to `out`, or, with no `out`, only counts them (the sizing pass).
+// Writes bytes to `out`, or, with no `out`, only counts them (the sizing pass). Given a
+// capacity (what the sizing pass measured, and so what was reserved), a write past it
+// throws instead of running over the neighbouring memory: an item whose encoding grew
+// between the two passes (a user serializer that is not deterministic, or data another
+// thread changes meanwhile) is refused.
 class ByteWriter {
 public:
     explicit ByteWriter(std::byte* out = nullptr) noexcept : out_(out) {}
-    void write(const void* data, std::size_t n) noexcept {
+    ByteWriter(std::byte* out, std::size_t capacity) noexcept : out_(out), capacity_(capacity) {}
+    void write(const void* data, std::size_t n) {
+        if (n > capacity_ - written_) throw_overrun(n);
         if (out_ && n) std::memcpy(out_ + written_, data, n);
         written_ += n;
     }
     std::size_t written() const noexcept { return written_; }
+    std::size_t capacity() const noexcept { return capacity_; }
 
 private:
+    [[noreturn]] void throw_overrun(std::size_t n) const {
+        throw ValueError("multiprocessing: an item's encoding grew between measuring it (" + std::to_string(capacity_) +
+                         " bytes) and writing it (" + std::to_string(written_ + n) +
+                         " bytes so far); is its serializer deterministic, and is another thread changing it?");
+    }
+
     std::byte* out_;
+    std::size_t capacity_ = SIZE_MAX;
     std::size_t written_ = 0;
 };
 

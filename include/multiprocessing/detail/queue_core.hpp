@@ -18,22 +18,58 @@
 // then put the sentinel" idiom works as with Python's single pipe). With one producer
 // the counter stays in its cache; with several, consumers compare lane heads.
 //
-// Growth: every lane's ring reserves 1 GiB of address space in the segment, but pages
-// are only backed once written, and a producer keeps cycling through the first 4 MiB
-// while the consumer keeps up (ring.hpp's early wrap). So an unbounded queue takes a
-// million puts with no consumer (tens of MB) and costs little when drained.
+// Growth: every lane's ring is 1 GiB of the segment (a memfd, sparse), but a process maps
+// a lane only when it first puts to it or gets from it (a producer maps its own lane, a
+// consumer the lanes it reads), so a process under a 4 GiB RLIMIT_AS can still make and
+// use a queue. Pages are only backed once written, and a producer keeps cycling through
+// the first 4 MiB while the consumer keeps up (ring.hpp's early wrap). A burst that runs a lane past those 4 MiB
+// is given back to the kernel as it is drained: a consumer punches out the pages of each
+// record of 64 KiB or more past the warm part before releasing it (ring.hpp,
+// discard_cold), so after 256 items of 1 MiB put and drained the resident size falls
+// back to the warm part. A burst of small items keeps its pages (a system call per
+// small item would cost more than the memory).
 //
-// Robustness: a process killed inside put() dies before its single publishing store or
-// after it, so the lane holds the whole record or nothing; the lane's producer lock is
-// taken over by the next producer after the owner-check interval. A process killed
-// inside get() has not freed the record it was reading, so the next consumer takes over
-// the consumer lock and gets that item: nothing is lost, nothing wedges. A bounded
-// queue's slot count is protected the same way: each process records the put or get it
-// is between taking and settling a slot, and a producer kept waiting by a full queue
-// gives back the slots of such operations whose process died. (If the process died
-// right after finishing, that lets the queue hold one item over maxsize; the slot
-// count saturates at zero so it never wraps. qsize() and JoinableQueue's count of
-// unfinished items may be off by that one item.)
+// Robustness of the rings: a process killed inside put() dies before its single
+// publishing store or after it, so the lane holds the whole record or nothing; the
+// lane's producer lock is taken over by the next producer after the owner-check
+// interval. A process killed inside get() has not released the record it was reading,
+// so the next consumer takes over the consumer lock and gets that item.
+//
+// Slots of a bounded queue: crash-safe by construction. One 64-bit word, `slots`, holds
+// the count of slots taken (low 32 bits) and, per lane, a "put pending" bit and a "get
+// pending" bit. Every change of the count moves a pending bit in the same atomic step:
+//   put (holding lane i's producer lock, after reserving ring room at position h and
+//        noting h and the lane's put count in the lane):
+//        CAS  count+1, set put bit i     -- only while count < maxsize
+//        encode, publish (the ring's head store), puts = base+1
+//        fetch_sub(put bit i)            -- settled
+//        (encode throws: fetch_sub(put bit i + 1): slot and bit go back together)
+//   get  (holding lane i's consumer lock, after peek and decode, noting the ring's tail t
+//        and the lane's get count in the lane):
+//        fetch_or(get bit i)
+//        release the record (the ring's tail store), gets = base+1
+//        fetch_sub(get bit i + 1)        -- slot freed and settled in one step
+// A live process clears its bit before it lets go of the lane lock, so a bit found set by
+// whoever holds the lane's lock belongs to a process that died holding it (the lock was
+// taken over from it). That holder settles it from the ring itself, in one CAS: a put
+// whose record was published (head != h) keeps its slot (the record holds it) and only
+// the bit is cleared; one not published gives the slot back with the bit. A get whose
+// record was released (tail != t) frees the slot with the bit; one not released only
+// clears the bit (the record, still in the ring, keeps the slot and goes to the next
+// consumer). The lane counters are set, not incremented (puts = base+1), so settling
+// again is harmless. A settler killed at any instruction has either done the CAS or not;
+// if not, the bit is still set and the next holder settles it the same way. So the count
+// always equals the records in the rings plus the puts and gets in flight, whatever was
+// killed where; it never exceeds maxsize (only a CAS that checks it raises it), and a
+// killed put or get costs at most its own item, never a slot.
+// A producer kept waiting by a full queue settles the other lanes' pending bits (taking
+// each lane's lock, which also takes over a dead holder's), so a slot a dead process held
+// comes back even when nobody else uses its lane. A producer waiting for a slot holds
+// nothing but its lane's lock (its bit is set only by the CAS that takes the slot), so
+// killing it there costs nothing. No process is identified by pid anywhere in this: a
+// dead holder is recognised by the lane lock's own takeover.
+// JoinableQueue's count of unfinished items is not covered: a put killed between
+// counting its item and publishing it leaves join() one task_done() short.
 #pragma once
 
 #include <algorithm>
@@ -47,6 +83,10 @@
 #include <optional>
 #include <span>
 #include <string>
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../errors.hpp"
 #include "futex.hpp"
@@ -62,14 +102,28 @@ inline constexpr std::uint32_t queue_lane_count = 8;
 using Ticket = std::uint64_t;
 inline constexpr std::uint32_t queue_lane_capacity = 1u << 30;
 
+// The slot word (see "Slots of a bounded queue" above).
+inline constexpr std::uint64_t slot_count_mask = 0xFFFFFFFFull;
+constexpr std::uint64_t put_pending_bit(std::uint32_t lane) noexcept { return std::uint64_t{1} << (32 + lane); }
+constexpr std::uint64_t get_pending_bit(std::uint32_t lane) noexcept { return std::uint64_t{1} << (48 + lane); }
+static_assert(queue_lane_count <= 16, "a pending bit per lane and side must fit the slot word");
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free,
+              "the slot word is shared between processes: it must be a lock-free atomic");
+
 struct QueueLane {
     // The producers' line.
     alignas(cache_line) OwnerLock producer_lock;
     std::atomic<std::uint32_t> home_of{0};  // pid of the process that claimed this lane
     std::atomic<std::uint64_t> puts{0};     // records committed (written under producer_lock)
+    // The put in flight (bounded queues): where its record starts and puts before it.
+    std::atomic<std::uint32_t> put_head{0};
+    std::atomic<std::uint64_t> put_base{0};
     // The consumers' line.
     alignas(cache_line) OwnerLock consumer_lock;
     std::atomic<std::uint64_t> gets{0};     // records taken (written under consumer_lock)
+    // The get in flight (bounded queues): the tail before its record and gets before it.
+    std::atomic<std::uint32_t> get_tail{0};
+    std::atomic<std::uint64_t> get_base{0};
     RingControl ring;
 };
 
@@ -88,11 +142,11 @@ struct QueueHeader {
     // The next record's ticket (see "Order" above).
     alignas(cache_line) std::atomic<std::uint64_t> next_ticket{0};
 
-    // Bounded queues: items in the queue (the futex producers sleep on when full), and
-    // which processes are between taking or freeing a slot and settling it.
-    alignas(cache_line) std::atomic<std::uint32_t> items{0};
+    // Bounded queues: slots taken and pending operations (see above); producers kept
+    // waiting by a full queue sleep on slot_seq, which a freed slot bumps.
+    alignas(cache_line) std::atomic<std::uint64_t> slots{0};
+    std::atomic<std::uint32_t> slot_seq{0};
     std::atomic<std::uint32_t> sleeping_producers{0};
-    HolderTable slot_operations;
 
     // JoinableQueue: items put and not yet task_done() (join() sleeps on it).
     alignas(cache_line) std::atomic<std::uint32_t> unfinished{0};
@@ -106,22 +160,28 @@ enum class QueueWait { done, timed_out };
 class QueueCore {
 public:
     QueueCore(std::uint32_t maxsize, bool joinable) {
-        // The fd stays open (one per queue): forked children inherit the mapping, but a
-        // spawned one is given the fd (reduction.hpp).
-        segment_ = SharedSegment::create(segment_bytes, "mp-queue");
+        // The fd stays open (one per queue): forked children inherit the mappings, but a
+        // spawned one is given the fd (reduction.hpp); lanes are mapped from it on demand.
+        // Only the header and lane controls are mapped here; the file is sized for all
+        // the lanes (sparse: it costs nothing until written).
+        segment_ = SharedSegment::create(data_offset, "mp-queue");
+        if (::ftruncate(segment_.fd(), static_cast<off_t>(segment_bytes)) != 0) throw_errno("ftruncate(queue segment)");
         header_ = ::new (segment_.data()) QueueHeader(maxsize, joinable);
         lanes_ = reinterpret_cast<QueueLane*>(segment_.data() + sizeof(QueueHeader));
         for (std::uint32_t i = 0; i < queue_lane_count; ++i) ::new (&lanes_[i]) QueueLane;
     }
     // In a spawned process: the queue another process made, from the fd it was given
     // (which this now owns).
-    explicit QueueCore(int segment_fd) : segment_(SharedSegment::adopt(segment_fd)) {
-        if (segment_.size() != segment_bytes)
-            throw ProcessError("multiprocessing: a spawned process was given a queue segment of the wrong size");
+    explicit QueueCore(int segment_fd) : segment_(adopt_header(segment_fd)) {
         header_ = std::launder(reinterpret_cast<QueueHeader*>(segment_.data()));
         lanes_ = std::launder(reinterpret_cast<QueueLane*>(segment_.data() + sizeof(QueueHeader)));
     }
     int segment_fd() const noexcept { return segment_.fd(); }
+    ~QueueCore() {
+        for (auto& data : lane_data_)
+            // relaxed: no other thread uses a queue being destroyed.
+            if (std::byte* p = data.load(std::memory_order_relaxed)) ::munmap(p, queue_lane_capacity);
+    }
     QueueCore(const QueueCore&) = delete;
     QueueCore& operator=(const QueueCore&) = delete;
 
@@ -131,39 +191,62 @@ public:
     // ---- producing ------------------------------------------------------------------------
 
     // Puts one record of `size` bytes, written by encode(std::byte*). Returns timed_out if
-    // the queue stayed full (bounded) or the lane stayed full until the deadline.
+    // the queue stayed full (bounded) or the lane stayed full until the deadline. If
+    // encode throws, nothing has changed (strong guarantee): the lane's lock, the slot
+    // and the count of unfinished items are all given back, and the exception goes on.
     template <class Encode>
     QueueWait put(std::size_t size, Encode&& encode, const Deadline& deadline) {
         if (size > max_item_bytes())
             throw ValueError("Queue.put: an item of " + std::to_string(size) + " bytes is larger than a queue holds (" +
                              std::to_string(max_item_bytes()) + " bytes); send it in parts or through a Pipe");
-        if (header_->maxsize && !take_slot(deadline)) return QueueWait::timed_out;
+        const std::uint32_t i = home_lane();
+        if (!map_lane(i))
+            throw_errno("Queue.put: mapping a queue lane (1 GiB of address space; is RLIMIT_AS too low?)");
+        QueueLane& lane = lanes_[i];
+        if (!lane.producer_lock.acquire(deadline)) return QueueWait::timed_out;
+        LaneLock held(lane.producer_lock);
+        const bool bounded = header_->maxsize != 0;
+        if (bounded) settle_put(i);
+        Ring ring = lane_ring(i);
+        const std::size_t record_size = sizeof(Ticket) + size;
+        std::byte* at = ring.try_reserve(record_size);
+        if (!at) at = ring.reserve(record_size, [&] { return deadline.expired(); });
+        if (!at) return QueueWait::timed_out;
+        if (bounded) {
+            // relaxed: single writer (the lock holder); take_slot's release CAS publishes
+            // them to whoever settles this put.
+            lane.put_head.store(ring.head_position(), std::memory_order_relaxed);
+            lane.put_base.store(lane.puts.load(std::memory_order_relaxed), std::memory_order_relaxed);
+            if (!take_slot(i, deadline)) return QueueWait::timed_out;
+        }
         if (header_->joinable)
             // relaxed: task_done() only needs the count to cover this item before a
             // consumer can see it, which the commit's release store provides.
             header_->unfinished.fetch_add(1, std::memory_order_relaxed);
-
-        QueueLane& lane = lanes_[home_lane()];
-        if (!lane.producer_lock.acquire(deadline)) return undo_put();
-        Ring ring = lane_ring(static_cast<std::uint32_t>(&lane - lanes_));
-        const std::size_t record_size = sizeof(Ticket) + size;
-        std::byte* at = ring.try_reserve(record_size);
-        if (!at) at = ring.reserve(record_size, [&] { return deadline.expired(); });
-        if (!at) {
-            lane.producer_lock.release();
-            return undo_put();
+        try {
+            // relaxed: taken under the lane lock, so a lane's tickets rise in ring order; a
+            // put that happens before another (say, in a joined child) takes a smaller one.
+            const Ticket ticket = header_->next_ticket.fetch_add(1, std::memory_order_relaxed);
+            std::memcpy(at, &ticket, sizeof ticket);
+            encode(at + sizeof(Ticket));
+        } catch (...) {
+            // Nothing is published: take back the count and the slot (with its pending
+            // bit, in one step), then let the lock go.
+            if (header_->joinable) header_->unfinished.fetch_sub(1, std::memory_order_relaxed);
+            if (bounded) {
+                // seq_cst: Dekker with take_slot's sleepers, as in free_slots().
+                header_->slots.fetch_sub(put_pending_bit(i) + 1, std::memory_order_seq_cst);
+                wake_producers();
+            }
+            throw;
         }
-        // relaxed: taken under the lane lock, so a lane's tickets rise in ring order; a
-        // put that happens before another (say, in a joined child) takes a smaller one.
-        const Ticket ticket = header_->next_ticket.fetch_add(1, std::memory_order_relaxed);
-        std::memcpy(at, &ticket, sizeof ticket);
-        encode(at + sizeof(Ticket));
         // Consumers sleep on the queue's doorbell, not the lane's: wake_consumers() below.
         ring.publish(0);
         // relaxed: single writer (the lock holder); readers want a snapshot.
         lane.puts.store(lane.puts.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        lane.producer_lock.release();
-        if (header_->maxsize) header_->slot_operations.remove_own(current_pid());
+        // release: the settled put's counters are visible with the cleared bit.
+        if (bounded) header_->slots.fetch_sub(put_pending_bit(i), std::memory_order_release);
+        held.unlock();
         wake_consumers();
         return QueueWait::done;
     }
@@ -183,7 +266,10 @@ public:
                 QueueLane& lane = lanes_[*busy_lane];
                 const Deadline lock_deadline(deadline.sleep_for(2 * owner_check_interval));
                 // Then choose again among all lanes, so the oldest record still goes first.
-                if (lane.consumer_lock.acquire(lock_deadline)) lane.consumer_lock.release();
+                if (lane.consumer_lock.acquire(lock_deadline)) {
+                    settle_get(*busy_lane);
+                    lane.consumer_lock.release();
+                }
                 if (deadline.expired()) return QueueWait::timed_out;
                 continue;
             }
@@ -224,9 +310,18 @@ public:
             const std::uint64_t puts = lanes_[i].puts.load(std::memory_order_acquire);
             n += puts > gets ? puts - gets : 0;
         }
+        // A get killed between releasing its record and counting it leaves its lane one
+        // short until the next consumer settles it; a bounded queue never holds more
+        // than maxsize, so a snapshot over it is known to be stale.
+        if (header_->maxsize && n > header_->maxsize) n = header_->maxsize;
         return static_cast<std::size_t>(n);
     }
     bool empty() const noexcept { return !any_data(); }
+    // Bounded queues: slots taken now (items in the queue plus puts and gets in flight).
+    std::uint32_t slots_taken() const noexcept {
+        // relaxed: a snapshot for tests and diagnostics.
+        return static_cast<std::uint32_t>(header_->slots.load(std::memory_order_relaxed) & slot_count_mask);
+    }
 
     // ---- JoinableQueue ----------------------------------------------------------------------
 
@@ -252,9 +347,50 @@ public:
     }
 
 private:
+    // Releases a lane lock on every way out of put().
+    class LaneLock {
+    public:
+        explicit LaneLock(OwnerLock& lock) noexcept : lock_(&lock) {}
+        LaneLock(const LaneLock&) = delete;
+        LaneLock& operator=(const LaneLock&) = delete;
+        ~LaneLock() { unlock(); }
+        void unlock() noexcept {
+            if (lock_) lock_->release();
+            lock_ = nullptr;
+        }
+
+    private:
+        OwnerLock* lock_;
+    };
+
+    // Lane i's ring. Its data is null until map_lane(i): positions and emptiness need
+    // only the control block, in the header mapping.
     Ring lane_ring(std::uint32_t i) const noexcept {
-        return Ring(&lanes_[i].ring, segment_.data() + data_offset + std::size_t{i} * queue_lane_capacity,
-                    queue_lane_capacity);
+        // acquire: pairs with map_lane's release CAS (the pointer is to a live mapping).
+        return Ring(&lanes_[i].ring, lane_data_[i].load(std::memory_order_acquire), queue_lane_capacity,
+                    /*discard_cold=*/true);
+    }
+    // Maps lane i's data in this process if not yet; false if the mapping failed (errno).
+    bool map_lane(std::uint32_t i) noexcept {
+        // acquire: as in lane_ring().
+        if (lane_data_[i].load(std::memory_order_acquire)) return true;
+        void* p = ::mmap(nullptr, queue_lane_capacity, PROT_READ | PROT_WRITE, MAP_SHARED, segment_.fd(),
+                         static_cast<off_t>(data_offset + std::size_t{i} * queue_lane_capacity));
+        if (p == MAP_FAILED) return false;
+        std::byte* expected = nullptr;
+        // release: the mapping is complete before another thread uses the pointer.
+        if (!lane_data_[i].compare_exchange_strong(expected, static_cast<std::byte*>(p), std::memory_order_release,
+                                                   std::memory_order_acquire))
+            ::munmap(p, queue_lane_capacity);  // another thread of ours mapped it first
+        return true;
+    }
+    static SharedSegment adopt_header(int fd) {
+        struct stat st;
+        if (::fstat(fd, &st) != 0 || static_cast<std::size_t>(st.st_size) != segment_bytes) {
+            ::close(fd);
+            throw ProcessError("multiprocessing: a spawned process was given a queue segment of the wrong size");
+        }
+        return SharedSegment::adopt_prefix(fd, data_offset);
     }
     std::uint32_t lanes_used() const noexcept {
         // acquire: a lane counted here has its claim (and any records) visible.
@@ -293,50 +429,107 @@ private:
         return chosen;
     }
 
-    // Takes a slot of a bounded queue, recorded as this process's until the put settles.
-    bool take_slot(const Deadline& deadline) {
-        auto& items = header_->items;
-        header_->slot_operations.add(current_pid());
+    // ---- slots of a bounded queue (see "Slots of a bounded queue" at the top) ---------------
+
+    // Takes a slot for lane i's put, with its pending bit, in one CAS. Holds lane i's
+    // producer lock. While the queue is full it sleeps, and settles the other lanes'
+    // operations whose process died.
+    bool take_slot(std::uint32_t i, const Deadline& deadline) {
+        auto& slots = header_->slots;
+        auto last_settle = Clock::now();
         for (;;) {
-            std::uint32_t n = items.load(std::memory_order_relaxed);
-            while (n < header_->maxsize)
-                // relaxed: the slot count orders nothing; the ring carries the data.
-                if (items.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
-            if (deadline.expired()) {
-                header_->slot_operations.remove_own(current_pid());
-                return false;
-            }
-            // seq_cst: Dekker with free_slot().
+            std::uint64_t s = slots.load(std::memory_order_relaxed);
+            while ((s & slot_count_mask) < header_->maxsize)
+                // release: this lane's put_head/put_base, stored before, are visible to a
+                // settler that sees the bit (it loads the word with acquire).
+                if (slots.compare_exchange_weak(s, (s + 1) | put_pending_bit(i), std::memory_order_release,
+                                                std::memory_order_relaxed))
+                    return true;
+            if (deadline.expired()) return false;
+            // seq_cst: Dekker with free_slots(): either it sees us counted as sleeping
+            // and bumps slot_seq, or we see its freed slot in the re-read below.
             header_->sleeping_producers.fetch_add(1, std::memory_order_seq_cst);
-            const auto slept_from = Clock::now();
-            futex_wait(items, n, deadline.sleep_for(owner_check_interval));
+            const std::uint32_t seq = header_->slot_seq.load(std::memory_order_seq_cst);
+            if ((slots.load(std::memory_order_seq_cst) & slot_count_mask) >= header_->maxsize)
+                futex_wait(header_->slot_seq, seq, deadline.sleep_for(owner_check_interval));
             header_->sleeping_producers.fetch_sub(1, std::memory_order_relaxed);
-            // Full for a whole check interval: give back the slots of dead processes'
-            // unfinished operations (ours is recorded too, but we are alive).
-            if (Clock::now() - slept_from >= owner_check_interval)
-                for (auto lost = header_->slot_operations.reclaim_dead(); lost > 0; --lost) free_slot();
+            // Still full after a check interval of waiting in all (not necessarily in one
+            // sleep: under steady traffic we are woken often): settle what dead
+            // processes left pending.
+            if ((slots.load(std::memory_order_relaxed) & slot_count_mask) >= header_->maxsize &&
+                Clock::now() - last_settle >= owner_check_interval) {
+                settle_other_lanes(i, deadline);
+                last_settle = Clock::now();
+            }
         }
     }
-    void free_slot() noexcept {
-        // Never below zero. A process that died between settling its operation and
-        // unrecording it (or between recording a put and taking its slot) has its record
-        // reclaimed for a slot it does not hold, so the count can run one short of the
-        // items; drained, a plain decrement would wrap it to 2^32 and the queue would look
-        // full for ever (seen as a wedged bounded queue in test_queues, about 1 run in 20).
-        auto& items = header_->items;
-        std::uint32_t n = items.load(std::memory_order_relaxed);
-        // seq_cst on success: Dekker with take_slot(), as the decrement always was.
-        while (n > 0 && !items.compare_exchange_weak(n, n - 1, std::memory_order_seq_cst, std::memory_order_relaxed)) {
+
+    // Wakes producers waiting for a slot (after a slot was freed by a seq_cst RMW).
+    void wake_producers() noexcept {
+        if (header_->sleeping_producers.load(std::memory_order_seq_cst)) {
+            // release: pairs with take_slot's load (futex_wait compares it again).
+            header_->slot_seq.fetch_add(1, std::memory_order_release);
+            futex_wake(header_->slot_seq);
         }
-        if (header_->sleeping_producers.load(std::memory_order_seq_cst)) futex_wake(header_->items, 1);
     }
-    QueueWait undo_put() noexcept {
-        if (header_->joinable) header_->unfinished.fetch_sub(1, std::memory_order_relaxed);
-        if (header_->maxsize) {
-            free_slot();
-            header_->slot_operations.remove_own(current_pid());
+
+    // With lane i's producer lock held: settles a put its previous holder died inside.
+    void settle_put(std::uint32_t i) noexcept {
+        auto& slots = header_->slots;
+        // acquire: pairs with take_slot's release CAS, so put_head/put_base are its.
+        std::uint64_t s = slots.load(std::memory_order_acquire);
+        if (!(s & put_pending_bit(i))) return;
+        QueueLane& lane = lanes_[i];
+        const bool published = lane_ring(i).head_position() != lane.put_head.load(std::memory_order_relaxed);
+        // Idempotent: a settler killed here leaves the same for the next one.
+        if (published)
+            lane.puts.store(lane.put_base.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        const std::uint64_t give_back = published ? 0 : 1;
+        // seq_cst: the freed slot takes part in the Dekker with take_slot's sleepers.
+        while (!slots.compare_exchange_weak(s, (s & ~put_pending_bit(i)) - give_back, std::memory_order_seq_cst,
+                                            std::memory_order_relaxed)) {
         }
-        return QueueWait::timed_out;
+        if (give_back) wake_producers();
+    }
+
+    // With lane i's consumer lock held: settles a get its previous holder died inside.
+    void settle_get(std::uint32_t i) noexcept {
+        if (!header_->maxsize) return;
+        auto& slots = header_->slots;
+        // acquire: pairs with finish_take's release fetch_or, so get_tail/get_base are its.
+        std::uint64_t s = slots.load(std::memory_order_acquire);
+        if (!(s & get_pending_bit(i))) return;
+        QueueLane& lane = lanes_[i];
+        const bool released = lane_ring(i).tail_position() != lane.get_tail.load(std::memory_order_relaxed);
+        if (released)
+            lane.gets.store(lane.get_base.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+        const std::uint64_t give_back = released ? 1 : 0;
+        // seq_cst: as in settle_put().
+        while (!slots.compare_exchange_weak(s, (s & ~get_pending_bit(i)) - give_back, std::memory_order_seq_cst,
+                                            std::memory_order_relaxed)) {
+        }
+        if (give_back) wake_producers();
+    }
+
+    // From a producer kept waiting by a full queue (holding its own lane's producer lock,
+    // lane `mine`): settles every other pending operation, taking each lane's lock. A
+    // lock held by a live process is released soon (a pending bit spans no waiting); one
+    // held by a dead process is taken over by acquire() after its check interval.
+    void settle_other_lanes(std::uint32_t mine, const Deadline& deadline) {
+        // acquire: as in settle_put().
+        const std::uint64_t s = header_->slots.load(std::memory_order_acquire);
+        for (std::uint32_t j = 0; j < queue_lane_count; ++j) {
+            if (deadline.expired()) return;
+            const Deadline lock_deadline(deadline.sleep_for(2 * owner_check_interval));
+            if (j != mine && (s & put_pending_bit(j)) && lanes_[j].producer_lock.acquire(lock_deadline)) {
+                settle_put(j);
+                lanes_[j].producer_lock.release();
+            }
+            if ((s & get_pending_bit(j)) && lanes_[j].consumer_lock.acquire(lock_deadline)) {
+                settle_get(j);
+                lanes_[j].consumer_lock.release();
+            }
+        }
     }
 
     void wake_consumers() noexcept {
@@ -357,40 +550,63 @@ private:
     }
 
     // Takes the oldest record among the lanes this consumer can lock now. A lane another
-    // consumer holds is reported in busy_lane.
+    // consumer holds is reported in busy_lane. Holds at most two consumer locks at a time
+    // (the best lane so far and the one being looked at), so one consumer preempted here
+    // does not block the others out of every lane.
+    //
+    // Order under stalls: the first pass finds the lane whose head has the smallest
+    // ticket; then passes repeat, each with a fresh count of lanes, until one changes
+    // nothing. A record put before ours in happens-before order (say, by a child joined
+    // before the sentinel we hold was put) is visible to a pass that starts after we saw
+    // ours (our acquire of that lane's head), so a consumer that stalled in the first
+    // pass, while a new lane was claimed or an emptied one filled, still finds it.
     template <class Decode>
     bool try_get(Decode& decode, std::optional<std::uint32_t>& busy_lane) {
-        const std::uint32_t used = lanes_used();
         // relaxed: which lane to look at first is a process-local hint.
         const std::uint32_t start = next_lane_.load(std::memory_order_relaxed);
-        std::uint32_t held[queue_lane_count];
-        Ticket held_ticket[queue_lane_count];
-        std::uint32_t n_held = 0;
-        for (std::uint32_t k = 0; k < used; ++k) {
-            const std::uint32_t i = (start + k) % used;
-            if (lane_ring(i).empty()) continue;
-            if (!lanes_[i].consumer_lock.try_acquire()) {
-                busy_lane = i;
-                continue;
+        std::uint32_t best = queue_lane_count;
+        Ticket best_ticket = 0;
+        bool unmappable = false;
+        for (int pass = 0; pass < 8; ++pass) {
+            bool changed = false;
+            const std::uint32_t used = lanes_used();
+            for (std::uint32_t k = 0; k < used; ++k) {
+                const std::uint32_t i = (start + k) % used;
+                if (i == best || lane_ring(i).empty()) continue;
+                if (!map_lane(i)) {
+                    unmappable = true;
+                    continue;
+                }
+                if (!lanes_[i].consumer_lock.try_acquire()) {
+                    busy_lane = i;
+                    continue;
+                }
+                settle_get(i);
+                auto record = lane_ring(i).peek();
+                Ticket t = 0;
+                if (record) std::memcpy(&t, record->payload.data(), sizeof(Ticket));
+                if (record && (best == queue_lane_count || t < best_ticket)) {
+                    if (best != queue_lane_count) lanes_[best].consumer_lock.release();
+                    best = i;
+                    best_ticket = t;
+                    changed = true;
+                } else {
+                    lanes_[i].consumer_lock.release();
+                }
             }
-            auto record = lane_ring(i).peek();
-            if (!record) {
-                lanes_[i].consumer_lock.release();
-                continue;
+            if (best == queue_lane_count) {
+                if (unmappable)
+                    throw ProcessError("Queue.get: could not map a queue lane (1 GiB of address space each); is "
+                                       "RLIMIT_AS too low for the number of producers?");
+                return false;
             }
-            std::memcpy(&held_ticket[n_held], record->payload.data(), sizeof(Ticket));
-            held[n_held++] = i;
+            if (!changed) break;
         }
-        if (n_held == 0) return false;
-        std::uint32_t oldest = 0;
-        for (std::uint32_t h = 1; h < n_held; ++h)
-            if (held_ticket[h] < held_ticket[oldest]) oldest = h;
-        for (std::uint32_t h = 0; h < n_held; ++h)
-            if (h != oldest) lanes_[held[h]].consumer_lock.release();
-        return take_from(lanes_[held[oldest]], held[oldest], decode);
+        return take_from(lanes_[best], best, decode);
     }
 
-    // With the lane's consumer lock held: takes its oldest record, if any, and unlocks.
+    // With the lane's consumer lock held (and settled): takes its oldest record, if any,
+    // and unlocks.
     template <class Decode>
     bool take_from(QueueLane& lane, std::uint32_t i, Decode& decode) {
         Ring ring = lane_ring(i);
@@ -410,17 +626,25 @@ private:
         return true;
     }
     void finish_take(QueueLane& lane, Ring& ring, std::uint32_t i) noexcept {
-        // A bounded queue's slot is freed after the record: recorded meanwhile, so a death
-        // in between does not lose the slot.
-        if (header_->maxsize) header_->slot_operations.add(current_pid());
+        const bool bounded = header_->maxsize != 0;
+        const std::uint64_t base = lane.gets.load(std::memory_order_relaxed);
+        if (bounded) {
+            // relaxed: single writer (the lock holder); the release fetch_or publishes them.
+            lane.get_tail.store(ring.tail_position(), std::memory_order_relaxed);
+            lane.get_base.store(base, std::memory_order_relaxed);
+            // release: pairs with settle_get's acquire load.
+            header_->slots.fetch_or(get_pending_bit(i), std::memory_order_release);
+        }
         ring.release();
-        lane.gets.store(lane.gets.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+        // release: qsize()'s acquire snapshot.
+        lane.gets.store(base + 1, std::memory_order_release);
+        // The record held a slot (the count covers every record in the rings), so the
+        // count is at least 1 here: one subtraction clears the bit and frees the slot.
+        // seq_cst: Dekker with take_slot's sleepers (wake_producers reads them).
+        if (bounded) header_->slots.fetch_sub(get_pending_bit(i) + 1, std::memory_order_seq_cst);
         lane.consumer_lock.release();
         next_lane_.store(i + 1, std::memory_order_relaxed);
-        if (header_->maxsize) {
-            free_slot();
-            header_->slot_operations.remove_own(current_pid());
-        }
+        if (bounded) wake_producers();
     }
 
     // The header and lanes, then each lane's ring from the next page on.
@@ -434,6 +658,8 @@ private:
     std::atomic<pid_t> home_pid_{0};
     std::atomic<std::uint32_t> home_{0};
     std::atomic<std::uint32_t> next_lane_{0};
+    // This process's mappings of the lanes' data (null: not mapped yet).
+    std::atomic<std::byte*> lane_data_[queue_lane_count] = {};
 };
 
 }  // namespace multiprocessing::detail

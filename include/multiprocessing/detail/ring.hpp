@@ -11,6 +11,7 @@
 // record up to the end, and starts again at offset 0.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cassert>
 #include <chrono>
@@ -20,6 +21,8 @@
 #include <optional>
 #include <span>
 
+#include <sys/mman.h>
+
 #include "futex.hpp"
 
 namespace multiprocessing::detail {
@@ -28,6 +31,12 @@ inline constexpr std::size_t cache_line = 64;
 // How much of a ring a producer keeps cycling through before it wraps early (see
 // Ring::try_reserve); larger records still use the whole capacity.
 inline constexpr std::uint32_t warm_bytes = 4u << 20;
+// A ring made with discard_cold gives back to the kernel the pages of each record (or
+// filler) of at least this size that lies past the warm part, before releasing it: a
+// burst that ran the ring past the warm part does not stay resident once drained.
+// Smaller records are not worth a system call each (a burst of them keeps its pages).
+inline constexpr std::uint32_t discard_min_bytes = 64u << 10;
+inline constexpr std::size_t ring_page = 4096;
 
 // The part of a ring that lives in shared memory, before its data bytes.
 struct RingControl {
@@ -75,14 +84,20 @@ struct Record {
 class Ring {
 public:
     Ring() = default;
-    Ring(RingControl* control, std::byte* data, std::uint32_t capacity) noexcept
-        : c_(control), data_(data), capacity_(capacity) {
+    // `discard_cold`: the data lies in a MAP_SHARED memfd mapping, page aligned, whose
+    // pages may be punched out (see discard_min_bytes).
+    Ring(RingControl* control, std::byte* data, std::uint32_t capacity, bool discard_cold = false) noexcept
+        : c_(control), data_(data), capacity_(capacity), discard_cold_(discard_cold) {
         assert((capacity & (capacity - 1)) == 0 && capacity < (1u << 31));
     }
 
     std::uint32_t capacity() const noexcept { return capacity_; }
-    // The producer's position: the end of the last committed record.
+    // The producer's position: the end of the last committed record. relaxed: read by
+    // the producer (the only writer) or by a recoverer holding the producer's lock.
     std::uint32_t head_position() const noexcept { return c_->head.load(std::memory_order_relaxed); }
+    // The consumer's position: the end of the last released record. relaxed: as above,
+    // for the consumer side.
+    std::uint32_t tail_position() const noexcept { return c_->tail.load(std::memory_order_relaxed); }
     // True once the consumer has released everything before `position`.
     bool consumed_up_to(std::uint32_t position) const noexcept {
         // acquire: as in has_room(); the consumer is done with those bytes.
@@ -191,10 +206,19 @@ public:
             RecordHeader h;
             std::memcpy(&h, data_ + offset, sizeof h);
             if (h.kind == padding_kind) {
+                // The filler's bytes are ours until the tail passes them.
+                discard(offset, sizeof(RecordHeader) + h.size);
                 // release: as in release(); the filler is consumed like a record.
                 c_->tail.store(tail + sizeof(RecordHeader) + h.size, std::memory_order_release);
+                // A producer may be asleep waiting for exactly this room (a record over
+                // half the ring goes at offset 0, after the filler): wake it as release()
+                // does, or it sleeps until its poll. seq_cst fence: the Dekker half
+                // matching the producer's wait in reserve().
+                std::atomic_thread_fence(std::memory_order_seq_cst);
+                if (c_->producer_waiting.load(std::memory_order_relaxed)) futex_wake(c_->tail);
                 continue;
             }
+            peeked_at_ = offset;
             peeked_total_ = static_cast<std::uint32_t>(sizeof(RecordHeader)) + padded(h.size);
             return Record{h.kind, {data_ + offset + sizeof(RecordHeader), h.size}};
         }
@@ -207,6 +231,8 @@ public:
 
     // Frees the record last returned by peek().
     void release() noexcept {
+        // Before the tail store: after it the producer may write into those pages.
+        discard(peeked_at_, peeked_total_);
         const std::uint32_t tail = c_->tail.load(std::memory_order_relaxed);
         // release: our reads of the record happen before the producer, reading tail with
         // acquire, may overwrite those bytes.
@@ -238,6 +264,15 @@ private:
         c_->cached_tail = c_->tail.load(std::memory_order_acquire);
         return capacity_ - (head - c_->cached_tail) >= total;
     }
+    // Punches out the whole pages of [offset, offset+len) past the warm part (they read
+    // as zero afterwards), for a ring made with discard_cold.
+    void discard(std::uint32_t offset, std::uint32_t len) noexcept {
+        if (!discard_cold_ || len < discard_min_bytes) return;
+        std::size_t from = std::max<std::size_t>(offset, warm_bytes);
+        const std::size_t to = (std::size_t{offset} + len) & ~(ring_page - 1);
+        from = (from + ring_page - 1) & ~(ring_page - 1);
+        if (to > from) ::madvise(data_ + from, to - from, MADV_REMOVE);
+    }
     void write_header(std::uint32_t offset, RecordHeader h) noexcept {
         std::memcpy(data_ + offset, &h, sizeof h);
     }
@@ -248,7 +283,8 @@ private:
     // Producer-local: the record between try_reserve() and commit().
     std::uint32_t reserved_total_ = 0, reserved_at_ = 0, reserved_size_ = 0;
     // Consumer-local: the record between peek() and release().
-    std::uint32_t peeked_total_ = 0;
+    std::uint32_t peeked_at_ = 0, peeked_total_ = 0;
+    bool discard_cold_ = false;
 };
 
 }  // namespace multiprocessing::detail

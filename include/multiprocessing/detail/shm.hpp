@@ -75,6 +75,15 @@ public:
         return s;
     }
 
+    // Maps the first `map_bytes` of the segment behind `fd` and owns the fd (for a
+    // segment whose owner maps the rest piecemeal).
+    static SharedSegment adopt_prefix(int fd, std::size_t map_bytes) {
+        SharedSegment s;
+        s.fd_ = fd;
+        s.map(map_bytes);
+        return s;
+    }
+
     // Maps the whole segment behind `fd` (one a spawned child was given) and owns the fd.
     static SharedSegment adopt(int fd) {
         SharedSegment s;
