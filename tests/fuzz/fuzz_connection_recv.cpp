@@ -42,6 +42,8 @@
 
 #include <multiprocessing/connection.hpp>
 
+#include "fuzz_support.hpp"
+
 namespace mp = multiprocessing;
 namespace detail = multiprocessing::detail;
 
@@ -226,22 +228,13 @@ std::vector<std::pair<std::string, std::vector<std::uint8_t>>> seeds() {
     return s;
 }
 
-int write_corpus(const std::string& dir) {
-    std::filesystem::create_directories(dir);
-    for (const auto& [name, bytes] : seeds()) {
-        std::ofstream f(std::filesystem::path(dir) / ("seed-" + name), std::ios::binary | std::ios::trunc);
-        f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-        if (!f) return 1;
-    }
-    return 0;
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
     for (int i = 1; i < *argc; ++i) {
         const std::string_view arg = (*argv)[i];
-        if (arg.starts_with("--write-corpus=")) std::exit(write_corpus(std::string(arg.substr(15))));
+        if (const auto dir = fuzz_support::corpus_flag(arg); !dir.empty())
+            std::exit(fuzz_support::write_corpus(dir, seeds()));
     }
     return 0;
 }

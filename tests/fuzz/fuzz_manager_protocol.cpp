@@ -59,6 +59,8 @@
 
 #include <multiprocessing/managers.hpp>
 
+#include "fuzz_support.hpp"
+
 namespace {
 
 namespace mp = multiprocessing;
@@ -592,16 +594,6 @@ std::vector<std::string> dictionary_words() {
     return words;
 }
 
-int write_corpus(const std::string& dir) {
-    std::filesystem::create_directories(dir);
-    for (const auto& [name, bytes] : seeds()) {
-        std::ofstream f(std::filesystem::path(dir) / ("seed-" + name), std::ios::binary | std::ios::trunc);
-        f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-        if (!f) return 1;
-    }
-    return 0;
-}
-
 int write_dict(const std::string& file) {
     std::ofstream f(file, std::ios::trunc);
     for (const auto& w : dictionary_words()) {
@@ -626,7 +618,8 @@ extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
     // Before libFuzzer reads its flags: our own modes, which exit.
     for (int i = 1; i < *argc; ++i) {
         const std::string_view arg = (*argv)[i];
-        if (arg.starts_with("--write-corpus=")) std::exit(write_corpus(std::string(arg.substr(15))));
+        if (const auto dir = fuzz_support::corpus_flag(arg); !dir.empty())
+            std::exit(fuzz_support::write_corpus(dir, seeds()));
         if (arg.starts_with("--write-dict=")) std::exit(write_dict(std::string(arg.substr(13))));
     }
     return 0;

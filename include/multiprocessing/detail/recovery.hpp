@@ -143,37 +143,18 @@ inline bool identity_alive(Identity id) noexcept {
     return pack_identity(identity_task(id), st.start) == (id & ~identity_flag);
 }
 
-namespace identity_cache {
-inline std::atomic<Identity>& process() noexcept {
-    static std::atomic<Identity> id{0};
-    return id;
-}
-inline Identity& thread() noexcept {
-    thread_local Identity id = 0;
-    return id;
-}
-inline void install_fork_handler() noexcept {
-    static const bool installed = [] {
-        ::pthread_atfork(nullptr, nullptr, [] {
-            // relaxed: the child has one thread, this one.
-            process().store(0, std::memory_order_relaxed);
-            thread() = 0;
-        });
-        return true;
-    }();
-    (void)installed;
-}
-inline Identity compute(pid_t task) noexcept {
-    install_fork_handler();
+// The identity of `task` (this process or thread) as it is now. Cached by the callers
+// below, in shared_object.hpp's caches, which a fork child drops.
+inline Identity compute_identity(pid_t task) noexcept {
+    install_identity_fork_handler();
     const TaskStat st = read_task_stat(task);
     return pack_identity(task, st.start);
 }
-}  // namespace identity_cache
 
 // This thread, as a lock holder or a waiter. One thread-local load once computed.
 inline Identity thread_identity() noexcept {
-    Identity& id = identity_cache::thread();
-    if (__builtin_expect(id == 0, 0)) id = identity_cache::compute(current_tid());
+    Identity& id = thread_identity_cache();
+    if (__builtin_expect(id == 0, 0)) id = compute_identity(current_tid());
     return id;
 }
 
@@ -181,10 +162,10 @@ inline Identity thread_identity() noexcept {
 // its threads may release them).
 inline Identity process_identity() noexcept {
     // relaxed: every thread computes the same value; a race only repeats the read.
-    Identity id = identity_cache::process().load(std::memory_order_relaxed);
+    Identity id = process_identity_cache().load(std::memory_order_relaxed);
     if (__builtin_expect(id == 0, 0)) {
-        id = identity_cache::compute(current_pid());
-        identity_cache::process().store(id, std::memory_order_relaxed);
+        id = compute_identity(current_pid());
+        process_identity_cache().store(id, std::memory_order_relaxed);
     }
     return id;
 }

@@ -38,12 +38,24 @@ inline pid_t& tid_cache() noexcept {
     thread_local pid_t tid = 0;
     return tid;
 }
+// The same for the process's and the thread's identity as a holder (recovery.hpp: the
+// id and its start time in one word), which a fork child must not inherit either.
+inline std::atomic<std::uint64_t>& process_identity_cache() noexcept {
+    static std::atomic<std::uint64_t> id{0};
+    return id;
+}
+inline std::uint64_t& thread_identity_cache() noexcept {
+    thread_local std::uint64_t id = 0;
+    return id;
+}
 inline void install_identity_fork_handler() noexcept {
     static const bool installed = [] {
         ::pthread_atfork(nullptr, nullptr, [] {
             // relaxed: the child has one thread, this one.
             pid_cache().store(0, std::memory_order_relaxed);
             tid_cache() = 0;
+            process_identity_cache().store(0, std::memory_order_relaxed);
+            thread_identity_cache() = 0;
         });
         return true;
     }();
