@@ -1141,13 +1141,29 @@ TEST_CASE("An encoding that writes more (or less) than it measured is refused, n
 
 }
 
+TEST_CASE("After a put and a get, one thread's burst past 4 MiB uses the whole lane", "[queue][large]") {
+    // The producer wraps early once past the warm part when the consumer has caught up,
+    // leaving a filler over the rest of the lane; with no consumer running, put() then
+    // found the lane full after ~4 MiB and blocked for ever (an unbounded queue!).
+    mp::Queue<std::string> q;
+    q.put("warm-up");
+    CHECK(q.get(5s) == "warm-up");
+    const std::string block(256 << 10, 'b');
+    for (int i = 0; i < 64; ++i) {  // 16 MiB, all before any get
+        INFO("put " << i);
+        REQUIRE_NOTHROW(q.put(block, 5s));
+    }
+    for (int i = 0; i < 64; ++i) REQUIRE(q.get(5s).size() == block.size());
+    CHECK(q.empty());
+    // And again, now that the lane has wrapped once.
+    for (int i = 0; i < 64; ++i) REQUIRE_NOTHROW(q.put(block, 5s));
+    for (int i = 0; i < 64; ++i) REQUIRE(q.get(5s).size() == block.size());
+}
+
 TEST_CASE("Drained queue memory goes back to the kernel (issue 13 item 10)", "[queue][issue13][large]") {
     const long before = rss_shmem_kb();
     mp::Queue<std::string> q;
     const std::string mib(1 << 20, 'm');
-    // (No put and get before the burst: a lane whose consumer has just released the
-    // start of the ring wraps early at 4 MiB, and a burst with no consumer then blocks
-    // there; a known limit of the early wrap, see docs/queues.md.)
     REQUIRE(before >= 0);
     for (int i = 0; i < 256; ++i) q.put(mib);  // a burst: no consumer meanwhile
     const long peak = rss_shmem_kb();

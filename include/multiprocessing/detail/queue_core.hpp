@@ -210,7 +210,25 @@ public:
         Ring ring = lane_ring(i);
         const std::size_t record_size = sizeof(Ticket) + size;
         std::byte* at = ring.try_reserve(record_size);
-        if (!at) at = ring.reserve(record_size, [&] { return deadline.expired(); });
+        // A full lane may be full only of a filler: the producer wraps early once past the
+        // warm part (ring.hpp), and that filler holds the rest of the lane until a consumer
+        // passes it. With no consumer running (one thread that puts a burst, then gets it)
+        // the lane would be full at ~4 MiB for ever; so pass it on the consumer's behalf,
+        // under the consumer's lock (a lane with a live consumer passes it anyway).
+        const auto pass_fillers = [&] {
+            if (!lane.consumer_lock.try_acquire()) return;
+            (void)lane_ring(i).peek();  // skips fillers at the tail; a record stays
+            lane.consumer_lock.release();
+        };
+        if (!at) {
+            pass_fillers();
+            at = ring.try_reserve(record_size);
+        }
+        if (!at)
+            at = ring.reserve(record_size, [&] {
+                pass_fillers();
+                return deadline.expired();
+            });
         if (!at) return QueueWait::timed_out;
         if (bounded) {
             // relaxed: single writer (the lock holder); take_slot's release CAS publishes
