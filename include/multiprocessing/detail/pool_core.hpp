@@ -824,16 +824,27 @@ private:
         }
     }
 
-    // After close(): every task is done; ask each worker to exit and reap it.
+    // After close(): every task is done; ask each worker to exit and reap it. A worker
+    // whose ring stays full (it cannot be taking records: it hangs) is not waited on for
+    // ever: a process is killed, a thread told to stop at its next task.
     void stop_workers() {
         for (auto& w : workers_) {
             if (w.pid <= 0) continue;
-            std::byte* p = w.tasks.reserve(0, [] { return false; });
-            (void)p;
-            w.tasks.commit(stop_record);
+            const Deadline deadline(stop_record_wait_limit);
+            if (w.tasks.reserve(0, [&] { return deadline.expired(); })) {
+                w.tasks.commit(stop_record);
+            } else if (options_.threads) {
+                // release: pairs with the workers' acquire load before each task.
+                control_->stop_now.store(1, std::memory_order_release);
+            } else {
+                get_logger().warning("pool worker (pid {}) took no stop request in {} s; killing it", w.pid,
+                                     stop_record_wait_limit.count());
+                w.child->signal(SIGKILL);
+            }
         }
         reap_all();
     }
+    static constexpr std::chrono::seconds stop_record_wait_limit{5};
 
     // terminate() (or a fatal error): kill every worker now and fail whatever did not
     // finish with `error`.
