@@ -415,36 +415,107 @@ TEST_CASE("start, is_alive, join(timeout) returning bool, join", "[process]") {
     CHECK_FALSE(in_active_children(*p.pid()));
 }
 
+// A handled signal (no SA_RESTART) sent to this thread every 100 ms while it lives, as
+// CPython's _TestPollEintr does: every timed wait must keep its deadline across EINTR.
+class SignalStorm {
+public:
+    SignalStorm() : waiter_(::pthread_self()) {
+        struct sigaction quiet{};
+        quiet.sa_handler = [](int) {};
+        sigemptyset(&quiet.sa_mask);
+        quiet.sa_flags = 0;  // no SA_RESTART: every signal interrupts a blocking call
+        REQUIRE(::sigaction(SIGUSR1, &quiet, &old_) == 0);
+        sender_ = std::thread([this] {
+            while (!stop_.load()) {
+                ::pthread_kill(waiter_, SIGUSR1);
+                std::this_thread::sleep_for(100ms);
+            }
+        });
+    }
+    ~SignalStorm() {
+        stop_ = true;
+        sender_.join();
+        ::sigaction(SIGUSR1, &old_, nullptr);
+    }
+
+private:
+    pthread_t waiter_;
+    struct sigaction old_{};
+    std::atomic<bool> stop_{false};
+    std::thread sender_;
+};
+
+// How long `wait` (a 1 s timed wait that must time out) took under a SignalStorm.
+template <class Wait>
+double seconds_of_timed_wait_under_signals(Wait&& wait) {
+    SignalStorm storm;
+    const auto t0 = std::chrono::steady_clock::now();
+    wait();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void check_returns_on_time(double seconds) {
+    CHECK(seconds >= 0.9);
+    CHECK(seconds < 2.0);  // a timeout restarted after each signal would never end
+}
+
 TEST_CASE("join(timeout) keeps its deadline across handled signals (EINTR)", "[process]") {
-    // CPython's _TestPollEintr: a signal every 100 ms must not restart the timeout.
-    struct sigaction quiet{}, old{};
-    quiet.sa_handler = [](int) {};
-    sigemptyset(&quiet.sa_mask);
-    quiet.sa_flags = 0;  // no SA_RESTART: every signal interrupts the wait with EINTR
-    REQUIRE(::sigaction(SIGUSR1, &quiet, &old) == 0);
     mp::Process p(sleep_ms, 2500);
     p.set_daemon(true);
     Reaper reaper{p};
     p.start();
-    const pthread_t waiter = ::pthread_self();
-    std::atomic<bool> stop{false};
-    std::thread signaller([&] {
-        while (!stop.load()) {
-            ::pthread_kill(waiter, SIGUSR1);
-            std::this_thread::sleep_for(100ms);
-        }
-    });
-    const auto t0 = std::chrono::steady_clock::now();
-    const bool joined = p.join(1s);
-    const auto waited = std::chrono::steady_clock::now() - t0;
-    stop = true;
-    signaller.join();
-    ::sigaction(SIGUSR1, &old, nullptr);
+    bool joined = true;
+    // The child runs 2.5 s: a restarted timeout would wait for it.
+    check_returns_on_time(seconds_of_timed_wait_under_signals([&] { joined = p.join(1s); }));
     CHECK_FALSE(joined);
-    CHECK(waited >= 900ms);
-    CHECK(waited < 2s);  // the child runs 2.5 s: a restarted timeout would wait for it
     p.terminate();
     p.join();
+}
+
+TEST_CASE("Every kind of timed wait keeps its deadline across handled signals (EINTR)", "[process][fork]") {
+    SECTION("Queue.get") {
+        mp::Queue<int> q;
+        check_returns_on_time(seconds_of_timed_wait_under_signals([&] { CHECK_THROWS_AS(q.get(1s), mp::Empty); }));
+    }
+    SECTION("Queue.put on a full queue") {
+        mp::Queue<int> q(1);
+        q.put(1);
+        check_returns_on_time(seconds_of_timed_wait_under_signals([&] { CHECK_THROWS_AS(q.put(2, 1s), mp::Full); }));
+    }
+    SECTION("Lock.acquire") {
+        mp::Lock lock;
+        lock.acquire();
+        check_returns_on_time(seconds_of_timed_wait_under_signals([&] { CHECK_FALSE(lock.acquire(true, 1s)); }));
+        lock.release();
+    }
+    SECTION("Semaphore.acquire") {
+        mp::Semaphore sem(0);
+        check_returns_on_time(seconds_of_timed_wait_under_signals([&] { CHECK_FALSE(sem.acquire(true, 1s)); }));
+    }
+    SECTION("Event.wait") {
+        mp::Event event;
+        check_returns_on_time(seconds_of_timed_wait_under_signals([&] { CHECK_FALSE(event.wait(1s)); }));
+    }
+    SECTION("Condition.wait") {
+        mp::Condition cond;
+        std::lock_guard held(cond);
+        check_returns_on_time(seconds_of_timed_wait_under_signals([&] { CHECK_FALSE(cond.wait(1s)); }));
+    }
+    SECTION("Connection.poll and recv") {
+        auto [a, b] = mp::Pipe<int>();
+        check_returns_on_time(seconds_of_timed_wait_under_signals([&] { CHECK_FALSE(b.poll(1s)); }));
+        check_returns_on_time(seconds_of_timed_wait_under_signals([&] { CHECK_THROWS(b.recv(1s)); }));
+    }
+    SECTION("AsyncResult.get and IMapIterator.next") {
+        mp::Pool pool(1);
+        auto r = pool.apply_async(sleep_ms, 3000);
+        check_returns_on_time(
+            seconds_of_timed_wait_under_signals([&] { CHECK_THROWS_AS(r.get(1s), mp::TimeoutError); }));
+        auto it = pool.imap(sleep_ms, std::vector<int>{3000});
+        check_returns_on_time(
+            seconds_of_timed_wait_under_signals([&] { CHECK_THROWS_AS(it.next(1s), mp::TimeoutError); }));
+        pool.terminate();
+    }
 }
 
 TEST_CASE("exitcode is 1 when the target throws, and the child reports it on stderr",
