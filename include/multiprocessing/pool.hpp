@@ -1149,7 +1149,11 @@ private:
                 throw;
             }
         };
-        if constexpr (std::ranges::forward_range<Range> && std::ranges::sized_range<Range>) {
+        // Only a process pool reads a borrowed range in place: it encodes each chunk under
+        // the executor's lock, so once the blocking map has dropped its unsent chunks none
+        // reads the range again. A thread worker reads its chunk's items while it runs, and
+        // a map that fails early returns while other chunks may still run: it owns a copy.
+        if constexpr (!Transport::threads && std::ranges::forward_range<Range> && std::ranges::sized_range<Range>) {
             if (borrowed_job) {
                 submit_chunks(std::ranges::begin(range), static_cast<std::size_t>(std::ranges::size(range)), nullptr);
                 return MapResult<R>(std::move(slot));
