@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <functional>
+#include <initializer_list>
 #include <random>
 #include <thread>
 #include <vector>
@@ -99,6 +100,22 @@ void enter_leave(Shared& sh) {
     sh.inside.store(0);
 }
 
+// After a kill: the survivors must keep working (recovery under traffic). Waits for
+// `more` operations past the kill (at most 5 s), then stops them; each must exit cleanly
+// within 10 s (nobody hangs).
+void survivors_go_on(Shared& sh, std::initializer_list<pid_t> survivors, long more) {
+    const long ops = sh.ops.load();
+    const auto until = Clock::now() + 5s;
+    while (sh.ops.load() < ops + more && Clock::now() < until) std::this_thread::sleep_for(1ms);
+    sh.stop.store(1);
+    for (pid_t p : survivors) {
+        int status = 0;
+        REQUIRE(reap_within(p, 10s, &status));
+        CHECK(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 0);
+    }
+}
+
 // One round for a lock-like L: a victim and a survivor loop over acquire/critical
 // section/release; the victim is killed at the round's instant; the survivor must go
 // on (it is told to stop after a few more operations) and the lock must be free after.
@@ -117,15 +134,7 @@ void lock_round(L& lock, Shared& sh, int i, int depth) {
     const pid_t survivor = spawn(loop);
     std::this_thread::sleep_for(instant(i));
     kill_and_reap(sh, victim);
-    const long ops = sh.ops.load();
-    // The survivor keeps going past the death (recovery under traffic).
-    const auto until = Clock::now() + 5s;
-    while (sh.ops.load() < ops + 20 && Clock::now() < until) std::this_thread::sleep_for(1ms);
-    sh.stop.store(1);
-    int status = 0;
-    REQUIRE(reap_within(survivor, 10s, &status));
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
+    survivors_go_on(sh, {survivor}, 20);
     REQUIRE(lock.acquire(std::chrono::duration<double>(5)));
     lock.release();
 }
@@ -165,15 +174,7 @@ TEST_CASE("Chaos: BoundedSemaphore holders killed at swept instants lose no unit
         const pid_t a = spawn(loop), b = spawn(loop);
         std::this_thread::sleep_for(instant(i));
         kill_and_reap(sh, victim);
-        const long ops = sh.ops.load();
-        const auto until = Clock::now() + 5s;
-        while (sh.ops.load() < ops + 20 && Clock::now() < until) std::this_thread::sleep_for(1ms);
-        sh.stop.store(1);
-        for (pid_t p : {a, b}) {
-            int status = 0;
-            REQUIRE(reap_within(p, 10s, &status));
-            CHECK(WEXITSTATUS(status) == 0);
-        }
+        survivors_go_on(sh, {a, b}, 20);
         // Both units are there (a dead holder's comes back on demand) and no third.
         REQUIRE(sem.acquire(std::chrono::duration<double>(5)));
         REQUIRE(sem.acquire(std::chrono::duration<double>(5)));
@@ -210,18 +211,10 @@ TEST_CASE("Chaos: Condition waiters and notifiers killed at swept instants", "[c
         // Even rounds kill a waiter, odd rounds a notifier.
         const bool kill_waiter = i % 2 == 0;
         const pid_t victim = spawn(kill_waiter ? std::function<void()>(waiter) : std::function<void()>(notifier));
-        const pid_t others[] = {spawn(waiter), spawn(waiter), spawn(notifier)};
+        const pid_t waiter_a = spawn(waiter), waiter_b = spawn(waiter), notifying = spawn(notifier);
         std::this_thread::sleep_for(instant(i));
         kill_and_reap(sh, victim);
-        const long ops = sh.ops.load();
-        const auto until = Clock::now() + 5s;
-        while (sh.ops.load() < ops + 10 && Clock::now() < until) std::this_thread::sleep_for(1ms);
-        sh.stop.store(1);
-        for (pid_t p : others) {
-            int status = 0;
-            REQUIRE(reap_within(p, 10s, &status));  // nobody hangs (notify() included)
-            CHECK(WEXITSTATUS(status) == 0);
-        }
+        survivors_go_on(sh, {waiter_a, waiter_b, notifying}, 10);  // notify() included
         // Nothing left behind: notify_all() with no one waiting returns at once, and no
         // wake-up is in reserve for a new waiter.
         REQUIRE(cond.acquire(std::chrono::duration<double>(5)));

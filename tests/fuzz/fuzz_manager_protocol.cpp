@@ -616,10 +616,9 @@ int write_dict(const std::string& file) {
 
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
     // Before libFuzzer reads its flags: our own modes, which exit.
+    fuzz_support::write_corpus_if_asked(*argc, *argv, seeds);
     for (int i = 1; i < *argc; ++i) {
         const std::string_view arg = (*argv)[i];
-        if (const auto dir = fuzz_support::corpus_flag(arg); !dir.empty())
-            std::exit(fuzz_support::write_corpus(dir, seeds()));
         if (arg.starts_with("--write-dict=")) std::exit(write_dict(std::string(arg.substr(13))));
     }
     return 0;

@@ -119,11 +119,7 @@ std::vector<std::pair<std::string, std::vector<std::uint8_t>>> seeds() {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
-    for (int i = 1; i < *argc; ++i) {
-        const std::string_view arg = (*argv)[i];
-        if (const auto dir = fuzz_support::corpus_flag(arg); !dir.empty())
-            std::exit(fuzz_support::write_corpus(dir, seeds()));
-    }
+    fuzz_support::write_corpus_if_asked(*argc, *argv, seeds);
     return 0;
 }
 

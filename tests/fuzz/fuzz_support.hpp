@@ -3,6 +3,7 @@
 // always match it.
 #pragma once
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -22,10 +23,15 @@ int write_corpus(const std::string& dir, const Seeds& seeds) {
     return 0;
 }
 
-// The directory of a `--write-corpus=DIR` argument, or empty.
-inline std::string corpus_flag(std::string_view arg) {
+// For LLVMFuzzerInitialize, before libFuzzer reads its flags: `--write-corpus=DIR` writes
+// the target's seeds there and exits with write_corpus's status.
+template <class SeedsFn>
+void write_corpus_if_asked(int argc, char** argv, SeedsFn&& seeds) {
     constexpr std::string_view flag = "--write-corpus=";
-    return arg.starts_with(flag) ? std::string(arg.substr(flag.size())) : std::string();
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view arg = argv[i];
+        if (arg.starts_with(flag)) std::exit(write_corpus(std::string(arg.substr(flag.size())), seeds()));
+    }
 }
 
 }  // namespace fuzz_support

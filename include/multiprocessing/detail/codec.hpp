@@ -343,14 +343,21 @@ std::size_t initial_reserve(cereal::size_type count) noexcept {
     return static_cast<std::size_t>(std::min<cereal::size_type>(count, cap));
 }
 
-template <class T, class A>
-    requires std::is_arithmetic_v<T> && (!std::is_same_v<T, bool>)
-void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::vector<T, A>& v) {
+// A vector of numbers or a string: the count, then the elements as one block of bytes.
+template <class C>
+void load_contiguous(InArchive& ar, C& c) {
+    using T = typename C::value_type;
     cereal::size_type size = 0;
     ar(cereal::make_size_tag(size));
     require_bytes_for(ar, size, sizeof(T));
-    v.resize(static_cast<std::size_t>(size));
-    if (size != 0) ar(cereal::binary_data(v.data(), static_cast<std::size_t>(size) * sizeof(T)));
+    c.resize(static_cast<std::size_t>(size));
+    if (size != 0) ar(cereal::binary_data(c.data(), static_cast<std::size_t>(size) * sizeof(T)));
+}
+
+template <class T, class A>
+    requires std::is_arithmetic_v<T> && (!std::is_same_v<T, bool>)
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::vector<T, A>& v) {
+    load_contiguous(ar, v);
 }
 
 // The fewest bytes an element of type T takes in a message: a number or a plain struct
@@ -415,11 +422,7 @@ void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::forward_list<T, A>& l) {
 template <class CharT, class Traits, class A>
     requires std::is_arithmetic_v<CharT>
 void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::basic_string<CharT, Traits, A>& str) {
-    cereal::size_type size = 0;
-    ar(cereal::make_size_tag(size));
-    require_bytes_for(ar, size, sizeof(CharT));
-    str.resize(static_cast<std::size_t>(size));
-    if (size != 0) ar(cereal::binary_data(str.data(), static_cast<std::size_t>(size) * sizeof(CharT)));
+    load_contiguous(ar, str);
 }
 
 // cereal reserves buckets for the claimed count (8 bytes each); these start small.

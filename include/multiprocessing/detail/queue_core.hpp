@@ -502,10 +502,15 @@ private:
         // Idempotent: a settler killed here leaves the same for the next one.
         if (published)
             lane.puts.store(lane.put_base.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        const std::uint64_t give_back = published ? 0 : 1;
+        clear_pending(s, put_pending_bit(i), published ? 0 : 1);
+    }
+
+    // A settled operation's pending bit goes, and `give_back` slots (0 or 1) with it, in
+    // one step; `s` is the slot word as last read.
+    void clear_pending(std::uint64_t s, std::uint64_t pending_bit, std::uint64_t give_back) noexcept {
         // seq_cst: the freed slot takes part in the Dekker with take_slot's sleepers.
-        while (!slots.compare_exchange_weak(s, (s & ~put_pending_bit(i)) - give_back, std::memory_order_seq_cst,
-                                            std::memory_order_relaxed)) {
+        while (!header_->slots.compare_exchange_weak(s, (s & ~pending_bit) - give_back, std::memory_order_seq_cst,
+                                                     std::memory_order_relaxed)) {
         }
         if (give_back) wake_producers();
     }
@@ -521,12 +526,7 @@ private:
         const bool released = lane_ring(i).tail_position() != lane.get_tail.load(std::memory_order_relaxed);
         if (released)
             lane.gets.store(lane.get_base.load(std::memory_order_relaxed) + 1, std::memory_order_release);
-        const std::uint64_t give_back = released ? 1 : 0;
-        // seq_cst: as in settle_put().
-        while (!slots.compare_exchange_weak(s, (s & ~get_pending_bit(i)) - give_back, std::memory_order_seq_cst,
-                                            std::memory_order_relaxed)) {
-        }
-        if (give_back) wake_producers();
+        clear_pending(s, get_pending_bit(i), released ? 1 : 0);
     }
 
     // From a producer kept waiting by a full queue (holding its own lane's producer lock,

@@ -245,11 +245,7 @@ public:
         for (;;) {
             if (!socket_) throw ProcessError(describe("accept", address_, "the listening socket is closed"));
             pollfd p{socket_.fd(), POLLIN, 0};
-            int ready;
-            for (;;) {
-                ready = ::poll(&p, 1, poll_timeout_ms(deadline));
-                if (ready >= 0 || errno != EINTR) break;
-            }
+            const int ready = poll_until(&p, 1, deadline);
             if (ready < 0) {
                 const int error = errno;
                 throw std::system_error(error, std::generic_category(), describe("accept", address_, "poll"));
@@ -314,15 +310,6 @@ private:
     [[noreturn]] void throw_shut_down() const {
         throw ProcessError(
             describe("accept", address_, "the listening socket was shut down (the Listener or manager is closing)"));
-    }
-
-    static int poll_timeout_ms(const Deadline& deadline) {
-        const auto left = deadline.remaining();
-        if (!left) return -1;
-        // Rounded up, so that a wake-up before the deadline is not a busy loop; capped
-        // to stay inside an int.
-        const auto ms = std::chrono::ceil<std::chrono::milliseconds>(*left).count();
-        return static_cast<int>(std::min<long long>(ms, 1'000'000));
     }
 
     [[noreturn]] static void throw_bind_failed(const boost::system::error_code& ec, const Address& where,
