@@ -411,6 +411,7 @@ template <class T, class A>
 void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::forward_list<T, A>& l) {
     cereal::size_type size = 0;
     ar(cereal::make_size_tag(size));
+    require_bytes_for(ar, size, min_encoded_size<T>());  // as every other container
     l.clear();
     auto last = l.before_begin();
     for (cereal::size_type i = 0; i < size; ++i) {
