@@ -661,6 +661,24 @@ TEST_CASE("close() on a process that was never started is allowed", "[process]")
     CHECK_THROWS_AS(p.start(), mp::ValueError);
 }
 
+// A child that exits at once may be gone (and, under the fork server, reaped by the
+// server) before start() returns: its sentinel must still be that child's, valid and
+// readable, and terminate() must not reach whoever holds its pid next. A pidfd opened by
+// the asker after the server replied raced this (it failed one CI run in ~700 tests).
+TEST_CASE("sentinel of a child that exits at once is valid and becomes readable", "[process]") {
+    for (int i = 0; i < 40; ++i) {
+        mp::Process quick(noop);
+        Reaper reaper{quick};
+        quick.start();
+        pollfd pf{quick.sentinel(), POLLIN, 0};
+        REQUIRE(pf.fd >= 0);
+        REQUIRE(::poll(&pf, 1, 5000) == 1);
+        quick.terminate();  // after its exit: a no-op, never a signal to a stranger
+        REQUIRE(quick.join(5s));
+        CHECK(quick.exitcode() == std::optional<int>(0));
+    }
+}
+
 TEST_CASE("active_children() lists running children and drops finished ones", "[process]") {
     Pipe started, go;
     mp::Process p(started_then_wait, ChildFd{started.w}, ChildFd{go.r}, ChildFd{go.w});

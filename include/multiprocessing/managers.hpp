@@ -1944,7 +1944,8 @@ inline void BaseManager::start_server_process() {
             const int fds[] = {ready[1]};
             const auto child = detail::start_fresh_child(method, fork_options,
                                                          detail::address_of_code(&spawned_server_main), payload, fds);
-            server_process_ = std::make_shared<detail::ChildRecord>(child.pid, name, true, child.status_fd);
+            server_process_ =
+                std::make_shared<detail::ChildRecord>(child.pid, name, true, child.status_fd, child.pidfd);
         }
     } catch (...) {
         ::close(ready[0]);

@@ -70,6 +70,7 @@ public:
         detail::ForkOptions options{name_, daemon_, identity_, false};
         pid_t pid = 0;
         int status_fd = -1;  // a fork server child's exit status arrives there
+        int pidfd = -1;      // and the pidfd the server opened for it
         if (method == detail::StartMethod::fork) {
             pid = detail::fork_child(std::move(options), [this] { return report_outcome([this] { run(); }); });
         } else {
@@ -86,8 +87,9 @@ public:
                 detail::start_fresh_child(method, options, detail::address_of_code(&spawned_main), payload, fds);
             pid = child.pid;
             status_fd = child.status_fd;
+            pidfd = child.pidfd;
         }
-        child_ = std::make_shared<detail::ChildRecord>(pid, name_, daemon_, status_fd);
+        child_ = std::make_shared<detail::ChildRecord>(pid, name_, daemon_, status_fd, pidfd);
         detail::register_child(child_);
     }
 

@@ -37,9 +37,12 @@
 
 namespace multiprocessing::detail {
 
-// A child the fork server made: its pid, and where its wait status will arrive.
+// A child the fork server made: its pid, a pidfd the server opened while the child was
+// still its unreaped child (so it names that process even if it has already exited and
+// its pid been reused), and where its wait status will arrive.
 struct ServedChild {
     pid_t pid = 0;
+    UniqueFd pidfd;
     UniqueFd status;
 };
 
@@ -169,7 +172,16 @@ inline int serve(ByteReader&) {
                 become_requested_child(server, fds);
             }
             reply = pid > 0 ? pid : -errno;
-            if (pid > 0) status_pipes.emplace(pid, std::move(fds[1]));
+            if (pid > 0) {
+                // Opened before this loop can reap it: the asker's own pidfd_open would
+                // race the child's exit (ESRCH, or a stranger who got the pid since).
+                UniqueFd pidfd(pidfd_open(pid));
+                status_pipes.emplace(pid, std::move(fds[1]));
+                const int attached[] = {pidfd.get()};
+                send_with_fds(socket, &reply, sizeof reply,
+                              pidfd.get() >= 0 ? std::span<const int>(attached) : std::span<const int>());
+                continue;
+            }
         }
         send_with_fds(socket, &reply, sizeof reply, {});
     }
@@ -215,9 +227,9 @@ public:
         std::lock_guard lock(mutex_);
         if (socket_.get() < 0) start_server();
         std::int32_t reply = 0;
-        std::vector<UniqueFd> none;
+        std::vector<UniqueFd> pidfd;  // attached to a successful reply
         forkserver::send_with_fds(socket_.get(), &request, sizeof request, sent);
-        if (forkserver::receive_with_fds(socket_.get(), &reply, sizeof reply, none) != sizeof reply) {
+        if (forkserver::receive_with_fds(socket_.get(), &reply, sizeof reply, pidfd) != sizeof reply) {
             socket_ = UniqueFd();  // the server died: the next request starts a new one
             throw ProcessError("multiprocessing: the fork server exited unexpectedly");
         }
@@ -225,7 +237,7 @@ public:
             errno = -reply;
             throw_errno("fork (in the fork server)");
         }
-        return ServedChild{reply, std::move(status_read)};
+        return ServedChild{reply, pidfd.empty() ? UniqueFd() : std::move(pidfd.front()), std::move(status_read)};
     }
 
 private:
@@ -247,20 +259,23 @@ private:
     UniqueFd socket_;
 };
 
-// A child started by spawn or by the fork server: its pid, and the fd its exit status
-// arrives on when it is the fork server's child rather than this process's (else -1).
+// A child started by spawn or by the fork server: its pid, and when it is the fork
+// server's child rather than this process's, the fd its exit status arrives on and the
+// pidfd the server opened for it (else -1 both: a child of ours opens its own pidfd,
+// safely, as it stays a zombie until we reap it).
 struct FreshChild {
     pid_t pid;
     int status_fd;
+    int pidfd;
 };
 
 // Starts a fresh process (spawn) or a fork of the clean server (forkserver) that runs
 // `entry` with `payload`, given `fds` (from first_passed_fd on).
 inline FreshChild start_fresh_child(StartMethod method, const ForkOptions& options, code_address entry,
                                     std::span<const std::byte> payload, std::span<const int> fds) {
-    if (method == StartMethod::spawn) return {spawn_child(options, entry, payload, fds), -1};
+    if (method == StartMethod::spawn) return {spawn_child(options, entry, payload, fds), -1, -1};
     auto served = ForkServerClient::instance().start_child(options, entry, payload, fds);
-    return {served.pid, served.status.release()};
+    return {served.pid, served.status.release(), served.pidfd.release()};
 }
 
 }  // namespace multiprocessing::detail

@@ -512,7 +512,7 @@ private:
         const auto child =
             start_fresh_child(options_.start_method, fo, address_of_code(&spawned_worker_main), payload, fds);
         w.pid = child.pid;
-        w.child = std::make_unique<ChildRecord>(child.pid, fo.name, true, child.status_fd);
+        w.child = std::make_unique<ChildRecord>(child.pid, fo.name, true, child.status_fd, child.pidfd);
         get_logger().debug("added worker {} (pid {})", fo.name, w.pid);
     }
 

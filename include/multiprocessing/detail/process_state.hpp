@@ -49,11 +49,15 @@ inline int pidfd_open(pid_t pid) noexcept { return static_cast<int>(::syscall(SY
 //
 // A child of this process is reaped with waitpid. A child the fork server made for us
 // is the server's child, which reaps it and writes its wait status (an int) to a pipe
-// whose read end is `status_fd`; it is still ours to signal and to poll with a pidfd.
+// whose read end is `status_fd`; it is still ours to signal and to poll with a pidfd,
+// which the server opened (`pidfd`) while the child could not yet have been reaped.
 class ChildRecord {
 public:
-    ChildRecord(pid_t pid, std::string name, bool daemon, int status_fd = -1)
-        : pid_(pid), pidfd_(pidfd_open(pid)), status_fd_(status_fd), info_(std::move(name), pid, daemon) {}
+    ChildRecord(pid_t pid, std::string name, bool daemon, int status_fd = -1, int pidfd = -1)
+        : pid_(pid),
+          pidfd_(pidfd >= 0 ? pidfd : pidfd_open(pid)),
+          status_fd_(status_fd),
+          info_(std::move(name), pid, daemon) {}
     ChildRecord(const ChildRecord&) = delete;
     ChildRecord& operator=(const ChildRecord&) = delete;
     ~ChildRecord() {
@@ -107,7 +111,13 @@ public:
     void signal(int sig) {
         std::lock_guard lock(mutex_);
         // Only signal a pid we have not reaped: after reaping, the number may be reused.
-        if (!status_) ::kill(pid_, sig);
+        // Through the pidfd when there is one: a fork-server child is reaped by the
+        // server, unseen by status_, and its pid may already name another process.
+        if (status_) return;
+        if (pidfd_ >= 0)
+            (void)::syscall(SYS_pidfd_send_signal, pidfd_, sig, nullptr, 0);
+        else
+            ::kill(pid_, sig);
     }
 
 private:
