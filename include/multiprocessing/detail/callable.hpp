@@ -226,8 +226,9 @@ M get_member_function(ByteReader& r) {
 // Writes a callable into a task.
 template <class F>
 void put_callable(ByteWriter& w, const F& f) {
-    require_transferable_callable<F>();
-    if constexpr (std::is_pointer_v<F>) {
+    if constexpr (!transferable_callable<F>) {
+        require_transferable_callable<F>();  // fails; nothing below is instantiated
+    } else if constexpr (std::is_pointer_v<F>) {
         code_address a = address_of_code(f);
         w.write(&a, sizeof a);
     } else if constexpr (std::is_empty_v<F> && std::is_trivially_copyable_v<F>) {
@@ -239,7 +240,10 @@ void put_callable(ByteWriter& w, const F& f) {
 
 template <class F>
 F get_callable(ByteReader& r) {
-    if constexpr (std::is_pointer_v<F>) {
+    if constexpr (!transferable_callable<F>) {
+        require_transferable_callable<F>();
+        unreachable_after_failed_check();
+    } else if constexpr (std::is_pointer_v<F>) {
         code_address a;
         r.read(&a, sizeof a);
         return code_at<std::remove_pointer_t<F>>(a);

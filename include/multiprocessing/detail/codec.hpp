@@ -18,6 +18,7 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -497,6 +498,10 @@ constexpr void require_transferable() {
     if constexpr (!transferable<T>) (void)sizeof(cannot_cross_process_boundary<T>);
 }
 
+// What the encoders do for a type that cannot cross: the one static_assert above, and
+// nothing else instantiated (no cereal or "deleted function" errors after it).
+[[noreturn]] inline void unreachable_after_failed_check() { std::abort(); }
+
 // What a Process (or a Pool initializer) may take as an argument: a value that can
 // cross, or a shared handle, which the child gets as the same shared object.
 template <class T>
@@ -595,8 +600,9 @@ void check_raw_value(const T& value) {
 
 template <class T>
 void put(ByteWriter& w, const T& value) {
-    require_transferable<T>();
-    if constexpr (raw_bytes<T>) {
+    if constexpr (!transferable<T>) {
+        require_transferable<T>();
+    } else if constexpr (raw_bytes<T>) {
         w.write(std::addressof(value), sizeof(T));
     } else {
         OutArchive ar(w);
@@ -606,8 +612,10 @@ void put(ByteWriter& w, const T& value) {
 
 template <class T>
 T get(ByteReader& r) {
-    require_transferable<T>();
-    if constexpr (raw_bytes<T>) {
+    if constexpr (!transferable<T>) {
+        require_transferable<T>();
+        unreachable_after_failed_check();
+    } else if constexpr (raw_bytes<T>) {
         // Copying the bytes into suitably aligned storage creates the object (a
         // trivially copyable type needs no constructor call).
         alignas(T) unsigned char storage[sizeof(T)];
