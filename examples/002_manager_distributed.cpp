@@ -187,7 +187,7 @@ void give_up_if_late(Clock::time_point deadline, const char* who) {
 int server(int port) {                              // manager_server.py
     mp::BaseManager server_manager(options(port));  // server_manager = ServerManager(address=(host, port), authkey=authkey)
     register_server_side(server_manager);
-    mp::managers::Server& server = server_manager.get_server();   // server = server_manager.get_server()
+    auto server = server_manager.get_server();                    // server = server_manager.get_server()
     std::printf("start server\n");                  // print('start server')
     std::printf("listening on %s\n", server.address().to_string().c_str());
     std::fflush(stdout);

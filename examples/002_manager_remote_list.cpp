@@ -91,7 +91,7 @@ void client(int port) {
 int serve(int port) {                               // manager_server.py
     mp::BaseManager server_manager({.address = {host, static_cast<std::uint16_t>(port)}, .authkey = authkey});
     register_server_side(server_manager);
-    mp::managers::Server& server = server_manager.get_server();   // server = server_manager.get_server()
+    auto server = server_manager.get_server();                    // server = server_manager.get_server()
     std::printf("serving on %s\n", server.address().to_string().c_str());
     std::fflush(stdout);
     server.serve_forever();                         // server.serve_forever()

@@ -19,6 +19,16 @@
 
 #include <algorithm>
 #include <array>
+#include <bitset>
+#include <complex>
+#include <deque>
+#include <filesystem>
+#include <forward_list>
+#include <functional>
+#include <list>
+#include <unordered_map>
+#include <unordered_set>
+#include <valarray>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -206,6 +216,71 @@ TEST_CASE("Values of several types cross to a child and back", "[connection]") {
     }
     p.join();
     CHECK(p.exitcode() == 0);
+}
+
+namespace {
+
+// One value, to a child and back through a Pipe: encoded and decoded in both processes.
+template <class T, class Equal = std::equal_to<>>
+void check_crosses_and_back(const T& value, Equal equal = {}) {
+    auto [conn, child_conn] = mp::Pipe<T>();
+    mp::Process p(echo_values<T>, child_conn, 1);
+    Reaper reaper{p};
+    p.start();
+    conn.send(value);
+    const T back = conn.recv(5s);
+    CHECK(equal(back, value));
+    REQUIRE(p.join(5s));
+    CHECK(p.exitcode() == 0);
+}
+
+std::filesystem::path parent_of(std::filesystem::path path) { return path.parent_path(); }
+
+}  // namespace
+
+// API.md, "Small conveniences": every standard value type crosses. One of each kind, with
+// contents (an empty one is checked by the fuzz corpora and the codec tests).
+TEST_CASE("Every standard value type crosses to a child and back", "[connection]") {
+    using namespace std::string_literals;
+    check_crosses_and_back(std::filesystem::path("/tmp/data dir/файл.txt"));
+    check_crosses_and_back(std::pair<int, std::string>{1, "one"});
+    check_crosses_and_back(std::tuple<int, double, std::string>{1, 2.5, "three"});
+    check_crosses_and_back(std::optional<std::string>("set"));
+    check_crosses_and_back(std::variant<std::monostate, int, std::string>("alternative 2"));
+    check_crosses_and_back(std::variant<std::monostate, int>());
+    check_crosses_and_back(std::array<std::string, 2>{"a", "b"});
+    check_crosses_and_back(std::vector<bool>{true, false, true});
+    check_crosses_and_back(std::deque<int>{1, 2, 3});
+    check_crosses_and_back(std::list<std::string>{"x", "y"});
+    check_crosses_and_back(std::forward_list<int>{3, 2, 1});
+    check_crosses_and_back(std::set<int>{3, 1, 2});
+    check_crosses_and_back(std::multiset<int>{1, 1, 2});
+    check_crosses_and_back(std::map<std::string, std::vector<int>>{{"k", {1, 2}}});
+    check_crosses_and_back(std::multimap<int, int>{{1, 1}, {1, 2}});
+    check_crosses_and_back(std::unordered_map<std::string, int>{{"a", 1}, {"b", 2}});
+    check_crosses_and_back(std::unordered_multimap<int, int>{{1, 1}, {1, 2}});
+    check_crosses_and_back(std::unordered_set<std::string>{"p", "q"});
+    check_crosses_and_back(std::unordered_multiset<int>{4, 4});
+    check_crosses_and_back(std::bitset<70>("1" + std::string(68, '0') + "1"));
+    check_crosses_and_back(std::complex<double>(1.5, -2));
+    check_crosses_and_back(std::chrono::milliseconds(1234));
+    check_crosses_and_back(std::chrono::system_clock::time_point(std::chrono::seconds(1700000000)));
+    check_crosses_and_back(std::valarray<double>{1, 2, 3},
+                           [](const auto& a, const auto& b) { return a.size() == b.size() && (a == b).min(); });
+    check_crosses_and_back("narrow"s);
+    check_crosses_and_back(std::wstring(L"wide \u00e9"));
+    check_crosses_and_back(std::u8string(u8"utf-8 \u00e9"));
+    check_crosses_and_back(std::u16string(u"utf-16 \u00e9"));
+    check_crosses_and_back(std::u32string(U"utf-32 \U0001F600"));
+    check_crosses_and_back(std::byte{0xA5});
+    check_crosses_and_back(std::vector<std::filesystem::path>{"a/b", "/c"});
+}
+
+TEST_CASE("A std::filesystem::path is a task argument and a result", "[connection][pool]") {
+    mp::Pool pool(1);
+    CHECK(pool.apply(parent_of, std::filesystem::path("/srv/data/input.csv")) == std::filesystem::path("/srv/data"));
+    pool.close();
+    pool.join();
 }
 
 TEST_CASE("Byte vectors and enums are values too", "[connection]") {

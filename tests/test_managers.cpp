@@ -1500,9 +1500,17 @@ TEST_CASE("Server in this process: get_server().serve_forever() in a thread, sto
         static std::vector<int> v;
         return v;
     });
-    mm::Server& server = manager->get_server();
+    // As the seed writes it: `server = manager.get_server()`, a handle held by value.
+    auto server = manager->get_server();
     const auto address = server.address();
     REQUIRE(address.port != 0);
+    {
+        auto copy = server;  // the same server, not a second one
+        CHECK(copy.address().port == address.port);
+        auto moved = std::move(copy);
+        CHECK(moved.address().port == address.port);
+        CHECK_THROWS_AS(copy.address(), mp::ValueError);  // NOLINT(bugprone-use-after-move): the point
+    }
     std::atomic<bool> served{false};
     std::thread serving([&server, &served] {
         server.serve_forever();

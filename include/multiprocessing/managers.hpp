@@ -1429,19 +1429,28 @@ struct ManagerOptions {
 class BaseManager;
 
 // Python's managers.Server: serves a manager's registered objects from this process.
+// A handle, as a Python object is: `auto server = manager.get_server();` copies or moves
+// it, and every copy serves and stops the same server.
 class Server {
 public:
     // Serves until a client asks for shutdown (or stop() from another thread), then returns.
-    void serve_forever() { loop_.serve_forever(); }
-    void stop() noexcept { loop_.stop(); }
-    Address address() const { return loop_.address(); }
+    void serve_forever() { loop("serve_forever").serve_forever(); }
+    void stop() noexcept {
+        if (loop_) loop_->stop();
+    }
+    Address address() const { return loop("address").address(); }
 
 private:
     friend class BaseManager;
     Server(std::shared_ptr<detail::ServerCore> core, detail::net::ListeningSocket listener, std::string authkey,
            detail::ServerLimits limits)
-        : loop_(std::move(core), std::move(listener), std::move(authkey), limits) {}
-    detail::ServerLoop loop_;
+        : loop_(std::make_shared<detail::ServerLoop>(std::move(core), std::move(listener), std::move(authkey),
+                                                     limits)) {}
+    detail::ServerLoop& loop(const char* op) const {
+        if (!loop_) throw ValueError(std::string("Server.") + op + ": this Server was moved from");
+        return *loop_;
+    }
+    std::shared_ptr<detail::ServerLoop> loop_;
 };
 
 class BaseManager {

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <array>
 #include <bit>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -321,6 +322,32 @@ void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, std::valarray<T>& v) {
     if (size != 0) ar(cereal::binary_data(&v[0], static_cast<std::size_t>(size) * sizeof(T)));
 }
 
+// std::filesystem::path crosses as its native string (Python pickles a PurePath as its
+// parts). Matched by shape rather than by name, so that this header need not include
+// <filesystem> (~26k lines) for every program: a program that sends a path has included
+// it. Only a filesystem path class (std's, or boost's) has all of these.
+template <class P>
+concept filesystem_path = requires(const P& p) {
+    typename P::string_type;
+    { p.native() } -> std::same_as<const typename P::string_type&>;
+    p.root_name();
+    p.extension();
+    p.lexically_normal();
+    P::preferred_separator;
+};
+template <class P>
+    requires filesystem_path<P>
+void CEREAL_SAVE_FUNCTION_NAME(OutArchive& ar, const P& path) {
+    ar(path.native());
+}
+template <class P>
+    requires filesystem_path<P>
+void CEREAL_LOAD_FUNCTION_NAME(InArchive& ar, P& path) {
+    typename P::string_type native;
+    ar(native);
+    path = P(std::move(native));
+}
+
 // ---- containers: memory only for elements that arrived ---------------------------------
 //
 // cereal sizes a container to its count before it reads an element (resize, or reserve
@@ -490,7 +517,9 @@ struct cannot_cross_process_boundary {
                   "multiprocessing: this type cannot cross a process boundary: it is not trivially "
                   "copyable and has no cereal serialization. Fix: give it a member "
                   "`template <class Archive> void serialize(Archive& ar) { ar(field1, field2); }` "
-                  "(cereal's customization point, the one the library uses), or pass a value type.");
+                  "(cereal's customization point, the one the library uses); for a type you cannot "
+                  "edit (a library's, a std one), a non-member `template <class Archive> void "
+                  "serialize(Archive& ar, T& value)` (or save/load) in namespace cereal; or pass a value type.");
 };
 
 template <class T>
