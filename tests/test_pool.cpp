@@ -503,6 +503,25 @@ TEST_CASE("map where one item throws: map throws that exception", "[pool]") {
     CHECK(pool.map(sqr, v) == squares(v));  // the pool goes on
 }
 
+// Python's error_callback gets the exception object; here it may take it as a
+// const std::exception& instead of a std::exception_ptr (API.md, "Small conveniences").
+TEST_CASE("error_callback may take a const std::exception&", "[pool]") {
+    std::mutex m;
+    std::vector<std::string> seen;
+    auto on_error = [&](const std::exception& e) {
+        std::lock_guard g(m);
+        seen.push_back(std::string(typeid(e).name()) + ": " + e.what());
+    };
+    mp::Pool pool(2);
+    auto one = pool.apply_async(sqr_but_not_5, std::tuple{5}, {.error_callback = on_error});
+    CHECK_THROWS_AS(one.get(5s), std::invalid_argument);
+    auto many = pool.map_async(sqr_but_not_5, std::vector<int>{4, 5, 6}, {.error_callback = on_error});
+    CHECK_THROWS_AS(many.get(5s), std::invalid_argument);
+    std::lock_guard g(m);
+    REQUIRE(seen.size() == 2);  // the callbacks ran before get() returned (before ready())
+    for (const auto& s : seen) CHECK(s.find(typeid(std::invalid_argument).name()) == 0);
+}
+
 TEST_CASE("map_async with callback and error_callback", "[pool]") {
     std::mutex m;
     std::vector<std::vector<int>> results;

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <concepts>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -29,7 +30,38 @@ struct value_callback<void> {
 };
 template <class T>
 using value_callback_t = typename value_callback<T>::type;
-using error_callback_t = std::function<void(std::exception_ptr)>;
+
+// Python's error_callback(exc): takes the exception as a std::exception_ptr (any
+// exception; rethrow it to look inside) or as a const std::exception& (what Python code
+// reads: its type and what()). Every exception a task ends with is a std::exception
+// (the task's own type, RemoteError, WorkerLostError, ...).
+class ErrorCallback {
+public:
+    ErrorCallback() = default;
+    template <class F>
+        requires std::invocable<F&, std::exception_ptr>
+    ErrorCallback(F fn) : fn_(std::move(fn)) {}  // NOLINT(google-explicit-constructor): a callback slot
+    template <class F>
+        requires(!std::invocable<F&, std::exception_ptr> && std::invocable<F&, const std::exception&>)
+    ErrorCallback(F fn)  // NOLINT(google-explicit-constructor)
+        : fn_([fn = std::move(fn)](std::exception_ptr error) mutable {
+              try {
+                  std::rethrow_exception(error);
+              } catch (const std::exception& e) {
+                  fn(e);
+              } catch (...) {
+                  fn(ProcessError("multiprocessing: the task failed with an exception that is not a "
+                                  "std::exception"));
+              }
+          }) {}
+
+    explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
+    void operator()(std::exception_ptr error) const { fn_(std::move(error)); }
+
+private:
+    std::function<void(std::exception_ptr)> fn_;
+};
+using error_callback_t = ErrorCallback;
 
 // Runs a user callback in the result thread; an exception escaping it must not kill the
 // thread that serves every other result, so it is reported and dropped.
