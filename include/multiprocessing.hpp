@@ -8,6 +8,7 @@
 #include "multiprocessing/context.hpp"
 #include "multiprocessing/dummy.hpp"
 #include "multiprocessing/errors.hpp"
+#include "multiprocessing/functools.hpp"
 #include "multiprocessing/managers.hpp"
 #include "multiprocessing/pool.hpp"
 #include "multiprocessing/process.hpp"

@@ -174,6 +174,11 @@ Record enrich(Record r) {
 }
 
 std::string greet(std::string who) { return "hello " + who; }
+std::string label(std::string prefix, int scale, int x) { return prefix + std::to_string(x * scale); }
+int add3(int a, int b, int c) { return a + b + c; }
+struct Times {  // a function object: default constructible, trivially copyable
+    int operator()(int factor, int x) const { return factor * x; }
+};
 std::vector<int> iota_vec(int n) {
     std::vector<int> v(static_cast<std::size_t>(n));
     std::iota(v.begin(), v.end(), 0);
@@ -520,6 +525,37 @@ TEST_CASE("error_callback may take a const std::exception&", "[pool]") {
     std::lock_guard g(m);
     REQUIRE(seen.size() == 2);  // the callbacks ran before get() returned (before ready())
     for (const auto& s : seen) CHECK(s.find(typeid(std::invalid_argument).name()) == 0);
+}
+
+// functools.partial: binds a std::string, which a lambda sent to a pool cannot capture,
+// and works with every map form and apply, under every start method (API.md, "Small
+// conveniences"). The function crosses as a code address, so spawn and forkserver work.
+TEST_CASE("mp::partial binds leading arguments for map, imap, imap_unordered, starmap and apply", "[pool]") {
+    const auto item = mp::partial(label, "item-", 10);
+    static_assert(std::is_same_v<decltype(item), const mp::Partial<std::string (*)(std::string, int, int), std::string, int>>);
+    CHECK(item(3) == "item-30");  // in this process, as a plain call
+    const std::vector<int> v{1, 2, 3};
+    const std::vector<std::string> expected{"item-10", "item-20", "item-30"};
+
+    mp::Pool pool(2);
+    CHECK(pool.map(item, v) == expected);
+    CHECK(pool.map_async(item, v, {.chunksize = 1}).get(10s) == expected);
+    std::vector<std::string> got;
+    for (const auto& s : pool.imap(item, v)) got.push_back(s);
+    CHECK(got == expected);
+    got.clear();
+    for (const auto& s : pool.imap_unordered(item, v)) got.push_back(s);
+    std::sort(got.begin(), got.end());
+    CHECK(got == expected);
+    CHECK(pool.starmap(mp::partial(add3, 100), std::vector<std::tuple<int, int>>{{1, 2}, {3, 4}}) ==
+          std::vector<int>{103, 107});
+    CHECK(pool.apply(item, 7) == "item-70");
+    CHECK(pool.apply_async(mp::partial(add3, 1, 2), 3).get(10s) == 6);
+    // A partial of a partial, and of a function object.
+    CHECK(pool.apply(mp::partial(mp::partial(add3, 1), 2), 3) == 6);
+    CHECK(pool.map(mp::partial(Times{}, 3), v) == std::vector<int>{3, 6, 9});
+    pool.close();
+    pool.join();
 }
 
 TEST_CASE("map_async with callback and error_callback", "[pool]") {

@@ -29,6 +29,7 @@
 #include "detail/results.hpp"
 #include "detail/worker.hpp"
 #include "errors.hpp"
+#include "functools.hpp"  // mp::partial, for the functions given to a pool
 
 namespace multiprocessing {
 

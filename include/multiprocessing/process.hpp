@@ -20,6 +20,7 @@
 #include "detail/process_state.hpp"
 #include "detail/remote_exception.hpp"
 #include "errors.hpp"
+#include "functools.hpp"  // mp::partial
 #include "util.hpp"
 
 namespace multiprocessing {
