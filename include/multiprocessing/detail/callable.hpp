@@ -53,8 +53,8 @@ struct callable_cannot_cross_process_boundary {
                   "multiprocessing: this callable cannot be sent to another process: a lambda's captures "
                   "must all be trivially copyable (ints, doubles, PODs), since anything owning heap memory "
                   "(a std::string, a std::vector) would point into this process. Fix: pass such values "
-                  "as task arguments instead of capturing them, or use a function object with a cereal "
-                  "`serialize(Archive&)`.");
+                  "as task arguments instead of capturing them, bind them with mp::partial(f, values...) "
+                  "(functools.partial), or use a function object with a cereal `serialize(Archive&)`.");
 };
 
 template <class F>
