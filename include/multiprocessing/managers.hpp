@@ -274,33 +274,48 @@ public:
     void reverse() const { call_method("reverse"); }
     void sort() const { call_method("sort"); }
 
-    // Iteration walks a snapshot taken by begin(), as iterating a copy in Python.
+    // Iteration asks the server for item 0, 1, 2, ... until one is out of range, as
+    // Python iterates a ListProxy (it exposes no __iter__, so iter() falls back to
+    // __getitem__): each item is read when the walk reaches it, so a change made to the
+    // list meanwhile is seen (CPython's test_list_iter). One round trip per item; get()
+    // copies the whole list in one. The proxy must outlive the walk, as in a range-for.
     class iterator {
     public:
         using value_type = T;
         using difference_type = std::ptrdiff_t;
         iterator() = default;
-        const T& operator*() const { return (*items_)[i_]; }
-        const T* operator->() const { return &(*items_)[i_]; }
+        const T& operator*() const { return *fetched(); }
+        const T* operator->() const { return &*fetched(); }
         iterator& operator++() {
             ++i_;
+            item_.reset();
+            fetched_ = false;
             return *this;
         }
-        iterator operator++(int) {
-            auto old = *this;
-            ++i_;
-            return old;
-        }
-        bool operator==(std::default_sentinel_t) const { return !items_ || i_ >= items_->size(); }
-        bool operator==(const iterator& o) const { return items_ == o.items_ && i_ == o.i_; }
+        void operator++(int) { ++*this; }
+        bool operator==(std::default_sentinel_t) const { return !list_ || !fetched(); }
 
     private:
         friend class ListProxy;
-        explicit iterator(std::shared_ptr<const std::vector<T>> items) : items_(std::move(items)) {}
-        std::shared_ptr<const std::vector<T>> items_;
-        std::size_t i_ = 0;
+        explicit iterator(const ListProxy* list) : list_(list) {}
+        // Item i_, read from the server once; empty past the end.
+        const std::optional<T>& fetched() const {
+            if (!fetched_) {
+                try {
+                    item_.emplace((*list_)[i_]);
+                } catch (const IndexError&) {
+                    item_.reset();
+                }
+                fetched_ = true;
+            }
+            return item_;
+        }
+        const ListProxy* list_ = nullptr;
+        std::int64_t i_ = 0;
+        mutable std::optional<T> item_;
+        mutable bool fetched_ = false;
     };
-    iterator begin() const { return iterator(std::make_shared<const std::vector<T>>(get())); }
+    iterator begin() const { return iterator(this); }
     std::default_sentinel_t end() const { return {}; }
 };
 
