@@ -164,6 +164,10 @@ int sqr_or_die_on_5(int x) {
     if (x == 5) ::raise(SIGKILL);
     return x * x;
 }
+std::string name_or_die_on_5(int x) {  // a result that is not raw bytes: the other chunk path
+    if (x == 5) ::raise(SIGKILL);
+    return "n" + std::to_string(x);
+}
 
 }  // namespace
 
@@ -336,11 +340,14 @@ TEST_CASE("A map chunk whose worker dies fails the map with WorkerLostError",
     mp::Pool pool(2);
     std::vector<int> v(10);
     for (int i = 0; i < 10; ++i) v[static_cast<std::size_t>(i)] = i;
-    for (std::size_t chunksize : {std::size_t{1}, std::size_t{3}}) {
+    // The error names the item that was running (issue 16), wherever it sits in its chunk.
+    for (std::size_t chunksize : {std::size_t{1}, std::size_t{3}, std::size_t{4}}) {
         INFO("chunksize " << chunksize);
         auto r = pool.map_async(sqr_or_die_on_5, v, {.chunksize = chunksize});
-        require_worker_lost([&] { r.get(5s); }, 0, "SIGKILL");
+        require_worker_lost([&] { r.get(5s); }, 0, "SIGKILL while running item 5 of the input");
         CHECK_FALSE(r.successful());
+        auto named = pool.map_async(name_or_die_on_5, v, {.chunksize = chunksize});
+        require_worker_lost([&] { named.get(5s); }, 0, "while running item 5 of the input");
     }
     auto t0 = std::chrono::steady_clock::now();
     CHECK_THROWS_AS(pool.map(sqr_or_die_on_5, v), mp::WorkerLostError);
@@ -356,7 +363,7 @@ TEST_CASE("imap: the item whose worker died throws WorkerLostError, the rest com
     for (int i = 0; i < 10; ++i) v[static_cast<std::size_t>(i)] = i;
     auto it = pool.imap(sqr_or_die_on_5, v);
     for (int i = 0; i < 5; ++i) REQUIRE(it.next(5s) == i * i);
-    CHECK_THROWS_AS(it.next(5s), mp::WorkerLostError);
+    require_worker_lost([&] { it.next(5s); }, 0, "while running item 5 of the input");
     for (int i = 6; i < 10; ++i) REQUIRE(it.next(5s) == i * i);
     CHECK_THROWS_AS(it.next(5s), mp::StopIteration);
 }

@@ -60,6 +60,9 @@ public:
     virtual void fail(std::exception_ptr error) = 0;
     // The imap job it belongs to, if any (to drop its unsent tasks on cancel).
     virtual const void* job() const noexcept { return nullptr; }
+    // For the error when its worker died: which input item was running, given the
+    // index in this task that the worker recorded (empty for a single call).
+    virtual std::string running_item(std::uint32_t /*index_in_task*/) const { return {}; }
 
     std::size_t size = 0;  // body bytes, computed by the submitter
     std::uint64_t seq = 0;
@@ -557,12 +560,13 @@ private:
             std::memcpy(p, task.spilled_.data(), total);
             task.spilled_ = {};
         } else {
-            new (p) TaskHeader{{task_queued}, 0, task.invoker(), task.seq};
+            new (p) TaskHeader{{task_queued}, {0}, task.invoker(), task.seq};
             task.write_body(p + sizeof(TaskHeader));
         }
         auto* header = reinterpret_cast<TaskHeader*>(p);
         // relaxed: published by the ring commit's release store.
         header->state.store(task_queued, std::memory_order_relaxed);
+        header->running_item.store(0, std::memory_order_relaxed);  // as above; a spilled copy may have any
         w.tasks.commit(task_record);
         task.header_ = header;
         task.record_end_ = w.tasks.head_position();
@@ -775,9 +779,12 @@ private:
                     "multiprocessing: the task ran past the pool's task_timeout; its worker (pid " +
                     std::to_string(pid) + ") was killed and replaced")));
             else
+                // relaxed: the worker is dead and reaped (see ResultChannel::running_item).
                 t->fail(std::make_exception_ptr(WorkerLostError(
                     "multiprocessing: the worker process (pid " + std::to_string(pid) + ") running this task " +
-                    describe_exit(status) + "; the pool replaced it")));
+                    describe_exit(status) +
+                    t->running_item(t->header_->running_item.load(std::memory_order_relaxed)) +
+                    "; the pool replaced it")));
         }
     }
 

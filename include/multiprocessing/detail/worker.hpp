@@ -42,7 +42,9 @@ inline constexpr std::uint32_t task_revoked = 2;
 
 struct TaskHeader {
     std::atomic<std::uint32_t> state;
-    std::uint32_t reserved;
+    // Which item of a map chunk the worker is running (0-based in the chunk): read by the
+    // parent only after the worker died, to say which item was running (WorkerLostError).
+    std::atomic<std::uint32_t> running_item;
     code_address invoker;
     std::uint64_t seq;
 };
@@ -161,6 +163,14 @@ public:
         if (pool_->parent_waiting.load(std::memory_order_relaxed)) futex_wake(pool_->doorbell);
     }
 
+    // Where running_item() records the item being run: the task's header (or nowhere).
+    void track_items_in(std::atomic<std::uint32_t>* running_item) noexcept { running_item_ = running_item; }
+    void running_item(std::uint32_t index) noexcept {
+        // relaxed: read by the parent only after this process died and was reaped, which
+        // orders every store it made before (the kernel's exit and wait).
+        if (running_item_) running_item_->store(index, std::memory_order_relaxed);
+    }
+
     // A buffer channel: the kind of the record committed since the last take (0: none).
     std::uint32_t take_committed() noexcept { return std::exchange(committed_, 0); }
 
@@ -178,6 +188,7 @@ private:
     Ring* ring_ = nullptr;
     PoolControl* pool_ = nullptr;
     std::vector<std::byte>* buffer_ = nullptr;
+    std::atomic<std::uint32_t>* running_item_ = nullptr;
     std::uint32_t committed_ = 0;
 };
 
@@ -258,6 +269,7 @@ void invoke_chunk(ByteReader& in, std::uint64_t seq, ResultChannel& out) {
         }
     };
     auto run_one = [&](Outcome& o, std::uint32_t index) {
+        out.running_item(index);
         try {
             T item = read_item(index);
             if constexpr (is_void) {
@@ -275,6 +287,7 @@ void invoke_chunk(ByteReader& in, std::uint64_t seq, ResultChannel& out) {
     if constexpr (!is_void && raw_bytes<R>) {
         auto* dst = out.reserve(seq, ResultFormat::chunk_values, count, std::size_t(count) * sizeof(R));
         for (; i < count; ++i) {
+            out.running_item(i);
             try {
                 T item = read_item(i);
                 const R r = call_item<Star>(*fn, item);
@@ -380,6 +393,7 @@ inline int worker_main(WorkerEnv env) {
         // relaxed: a hint for task_timeout, read by the parent's periodic check only.
         env.control->task_started_ns.store(monotonic_ns(), std::memory_order_relaxed);
         ByteReader in(record->payload.subspan(sizeof(TaskHeader)));
+        out.track_items_in(&header->running_item);
         try {
             code_at<Invoker>(header->invoker)(in, header->seq, out);
         } catch (...) {
@@ -387,6 +401,7 @@ inline int worker_main(WorkerEnv env) {
             // say): the task still gets exactly one result, its error.
             out.write_error(header->seq, describe_current_exception());
         }
+        out.track_items_in(nullptr);  // the record is released below
         env.control->task_started_ns.store(0, std::memory_order_relaxed);
         env.tasks.release();
         ++done;
