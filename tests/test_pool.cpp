@@ -63,6 +63,16 @@ struct MyError : std::runtime_error {
 struct ParseError : std::runtime_error {
     explicit ParseError(const std::string& m) : std::runtime_error(m) {}
 };
+// Registered, with fields that cross through its serialize.
+struct FieldError : std::runtime_error {
+    explicit FieldError(const std::string& m) : std::runtime_error(m) {}
+    int line = 0;
+    std::string file;
+    template <class Archive>
+    void serialize(Archive& ar) { ar(line, file); }
+};
+// At namespace scope, so that spawned and forkserver workers register it too.
+const bool field_error_registered = (mp::register_exception<FieldError>(), true);
 }  // namespace ptest
 
 namespace {
@@ -141,6 +151,12 @@ int throw_timeout_error(int) { throw mp::TimeoutError("task gave up"); }
 int throw_registered(int x) { throw ptest::MyError("registered " + std::to_string(x)); }
 int throw_unregistered(int x) { throw ptest::ParseError("cannot parse " + std::to_string(x)); }
 int throw_an_int(int) { throw 42; }
+int throw_field_error(int line) {
+    ptest::FieldError e("bad record");
+    e.line = line;
+    e.file = "input.csv";
+    throw e;
+}
 int throw_huge_message(int) { throw std::runtime_error(std::string(1 << 20, 'x')); }
 
 int sqr_but_not_5(int x) {
@@ -893,6 +909,28 @@ TEST_CASE("A registered user exception comes back as itself", "[pool]") {
                                         "registered 4");
     std::vector<int> v{1};
     require_rethrown_as<ptest::MyError>([&] { pool.map(throw_registered, v); }, "registered 1");
+}
+
+// API.md, "Small conveniences": when a registered exception has a cereal serialize, its
+// fields cross too (they arrived as 0 and empty before).
+TEST_CASE("A registered exception with a serialize brings its fields", "[pool]") {
+    REQUIRE(ptest::field_error_registered);
+    mp::Pool pool(2);
+    const auto check = [](auto&& call, int line) {
+        try {
+            call();
+            FAIL("no exception");
+        } catch (const ptest::FieldError& e) {
+            CHECK(std::string(e.what()) == "bad record");
+            CHECK(e.line == line);
+            CHECK(e.file == "input.csv");
+        }
+    };
+    check([&] { pool.apply(throw_field_error, 42); }, 42);
+    check([&] { pool.map(throw_field_error, std::vector<int>{7}); }, 7);
+    check([&] { pool.apply_async(throw_field_error, 9).get(10s); }, 9);
+    pool.close();
+    pool.join();
 }
 
 TEST_CASE("error_callback receives the exception (test_async_error_callback)", "[pool]") {
