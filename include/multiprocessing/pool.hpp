@@ -325,11 +325,6 @@ void put_chunk(ByteWriter& w, const Fn& fn, It first, std::size_t count) {
     }
 }
 
-// What a lost map chunk's error says about the item its worker was running.
-inline std::string describe_running_item(std::uint64_t index) {
-    return " while running item " + std::to_string(index) + " of the input (0-based)";
-}
-
 // A chunk of a map over items [first, first + count). The items are read when the chunk
 // is encoded into a worker's ring: from the caller's own range for a blocking map (which
 // drops its unsent chunks before it returns), from a copy the map owns otherwise.
@@ -362,7 +357,7 @@ public:
     }
     void fail(std::exception_ptr e) override { job_->fail(std::move(e)); }
     const void* job() const noexcept override { return job_.get(); }
-    std::string running_item(std::uint32_t index) const override { return describe_running_item(begin_ + index); }
+    std::optional<std::uint64_t> first_input_item() const noexcept override { return begin_; }
 
 private:
     Fn fn_;
@@ -620,7 +615,7 @@ public:
     }
     void fail(std::exception_ptr e) override { job_->fail_chunk(first_, count_, std::move(e)); }
     const void* job() const noexcept override { return job_.get(); }
-    std::string running_item(std::uint32_t index) const override { return describe_running_item(first_ + index); }
+    std::optional<std::uint64_t> first_input_item() const noexcept override { return first_; }
 
 private:
     void write(ByteWriter& w) { put_chunk<T>(w, fn_, items_.begin(), items_.size()); }
@@ -750,7 +745,6 @@ public:
     }
     void fail(std::exception_ptr e) override { job_->fail(std::move(e)); }
     const void* job() const noexcept override { return job_.get(); }
-    std::string running_item(std::uint32_t index) const override { return describe_running_item(begin_ + index); }
 
 private:
     Fn fn_;

@@ -60,9 +60,10 @@ public:
     virtual void fail(std::exception_ptr error) = 0;
     // The imap job it belongs to, if any (to drop its unsent tasks on cancel).
     virtual const void* job() const noexcept { return nullptr; }
-    // For the error when its worker died: which input item was running, given the
-    // index in this task that the worker recorded (empty for a single call).
-    virtual std::string running_item(std::uint32_t /*index_in_task*/) const { return {}; }
+    // A map chunk's first item's index in the input (empty for a single call): with the
+    // index in the chunk that the worker recorded, the error for a lost worker names the
+    // item it was running.
+    virtual std::optional<std::uint64_t> first_input_item() const noexcept { return std::nullopt; }
 
     std::size_t size = 0;  // body bytes, computed by the submitter
     std::uint64_t seq = 0;
@@ -774,17 +775,21 @@ private:
             get_logger().info("task failed with {}: its worker (pid {}) {}", timed_out ? "TimeoutError" : "WorkerLostError",
                               pid, timed_out ? "ran past the pool's task_timeout and was killed" : "died while running it");
         for (auto& t : lost) {
-            if (timed_out)
+            if (timed_out) {
                 t->fail(std::make_exception_ptr(TimeoutError(
                     "multiprocessing: the task ran past the pool's task_timeout; its worker (pid " +
                     std::to_string(pid) + ") was killed and replaced")));
-            else
+                continue;
+            }
+            std::string running;
+            if (const auto first = t->first_input_item())
                 // relaxed: the worker is dead and reaped (see ResultChannel::running_item).
-                t->fail(std::make_exception_ptr(WorkerLostError(
-                    "multiprocessing: the worker process (pid " + std::to_string(pid) + ") running this task " +
-                    describe_exit(status) +
-                    t->running_item(t->header_->running_item.load(std::memory_order_relaxed)) +
-                    "; the pool replaced it")));
+                running = " while running item " +
+                          std::to_string(*first + t->header_->running_item.load(std::memory_order_relaxed)) +
+                          " of the input (0-based)";
+            t->fail(std::make_exception_ptr(WorkerLostError(
+                "multiprocessing: the worker process (pid " + std::to_string(pid) + ") running this task " +
+                describe_exit(status) + running + "; the pool replaced it")));
         }
     }
 

@@ -46,6 +46,10 @@ public:
     using Factory = std::function<std::exception_ptr(const ExceptionInfo& info)>;
     // Called inside a catch block whose exception has the registered type.
     using FieldEncoder = std::vector<std::byte> (*)();
+    struct Registered {
+        Factory rebuild;
+        FieldEncoder encode_fields = nullptr;  // only for a type with a serialize
+    };
 
     static ExceptionRegistry& instance() {
         static ExceptionRegistry registry;
@@ -61,7 +65,7 @@ public:
         const std::string name = demangle(typeid(E).name());
         if constexpr (cereal_serializable<E>) {
             // E(what), then its fields as its serialize reads them.
-            factories_[name] = [](const ExceptionInfo& info) {
+            auto rebuild = [](const ExceptionInfo& info) {
                 E rebuilt(info.what);
                 if (!info.fields.empty()) {
                     try {
@@ -76,23 +80,24 @@ public:
                 }
                 return std::make_exception_ptr(std::move(rebuilt));
             };
-            field_encoders_[name] = [] {
+            auto encode_fields = []() -> std::vector<std::byte> {
                 try {
                     throw;
                 } catch (const E& e) {
                     return encode_values(e);
                 }
             };
+            types_[name] = {rebuild, encode_fields};
         } else {
-            factories_[name] = [](const ExceptionInfo& info) { return std::make_exception_ptr(E(info.what)); };
+            types_[name] = {[](const ExceptionInfo& info) { return std::make_exception_ptr(E(info.what)); }};
         }
     }
 
     std::exception_ptr rebuild(const ExceptionInfo& info) const {
         {
             std::lock_guard lock(mutex_);
-            auto it = factories_.find(info.type);
-            if (it != factories_.end()) return it->second(info);
+            auto it = types_.find(info.type);
+            if (it != types_.end()) return it->second.rebuild(info);
         }
         return std::make_exception_ptr(RemoteError(info.type, info.type + ": " + info.what));
     }
@@ -103,9 +108,9 @@ public:
         FieldEncoder encode = nullptr;
         {
             std::lock_guard lock(mutex_);
-            auto it = field_encoders_.find(type);
-            if (it == field_encoders_.end()) return {};
-            encode = it->second;
+            auto it = types_.find(type);
+            if (it == types_.end() || !it->second.encode_fields) return {};
+            encode = it->second.encode_fields;
         }
         try {
             return encode();
@@ -132,9 +137,8 @@ private:
         add<std::overflow_error>();
         add<std::underflow_error>();
         add<std::range_error>();
-        factories_[demangle(typeid(std::bad_alloc).name())] = [](const ExceptionInfo&) {
-            return std::make_exception_ptr(std::bad_alloc());
-        };
+        types_[demangle(typeid(std::bad_alloc).name())] = {
+            [](const ExceptionInfo&) { return std::make_exception_ptr(std::bad_alloc()); }};
         add<ProcessError>();
         add<TimeoutError>();
         add<AuthenticationError>();
@@ -148,15 +152,13 @@ private:
         add<BrokenBarrierError>();
         add<KeyError>();
         add<IndexError>();
-        factories_[demangle(typeid(RemoteError).name())] = [](const ExceptionInfo& info) {
-            return std::make_exception_ptr(RemoteError(info.what));
-        };
+        types_[demangle(typeid(RemoteError).name())] = {
+            [](const ExceptionInfo& info) { return std::make_exception_ptr(RemoteError(info.what)); }};
     }
 
     static inline ExceptionRegistry* self_ = nullptr;  // the one instance, for the fork handler
     mutable std::mutex mutex_;
-    std::unordered_map<std::string, Factory> factories_;
-    std::unordered_map<std::string, FieldEncoder> field_encoders_;
+    std::unordered_map<std::string, Registered> types_;  // by demangled name
 };
 
 // Call inside a catch block: describes the exception in flight, whatever its type.
