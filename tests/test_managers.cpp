@@ -396,6 +396,14 @@ void in_process_server_client(mp::connection::Address address, std::string authk
 // =====================================================================================
 // _TestContainers
 
+// Proxies inside messages.
+int append_to(mm::ListProxy<int> l, int x) {
+    l.append(x);
+    return x;
+}
+mm::ListProxy<int> same_list(mm::ListProxy<int> l) { return l; }
+void take_proxy_from_queue(mp::Queue<mm::ListProxy<int>> q) { q.get(10s).append(7); }
+
 TEST_CASE("list: append, extend, insert, pop, remove, index, count, [], get() (test_list)", "[manager][list]") {
     auto manager = mp::Manager();
 
@@ -1551,6 +1559,128 @@ TEST_CASE("Server in this process: get_server().serve_forever() in a thread, sto
         serving.detach();           // a bug: do not hang the run on it
         (void)manager.release();    // the thread still uses it
     }
+}
+
+
+// =====================================================================================
+// Proxies inside messages (API.md: "Manager proxies may be task arguments and parts of
+// messages"; CPython's _TestContainers.test_nested_queue, test_list_proxy_in_list,
+// test_dict_proxy_nested)
+
+TEST_CASE("A proxy is a Pool task argument and result under every start method", "[manager][message]") {
+    for (const char* method : {"fork", "spawn", "forkserver"}) {
+        INFO(method);
+        // The pool comes first: its workers know nothing of the manager but the
+        // program's key, which they inherited (spawn: through their bootstrap).
+        auto pool = mp::get_context(method).Pool(2);
+        auto manager = mp::Manager();
+        auto l = manager.list<int>();
+        std::vector<std::tuple<mm::ListProxy<int>, int>> work;
+        for (int i = 0; i < 10; ++i) work.emplace_back(l, i);
+        CHECK(pool.starmap(append_to, work) == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+        auto items = l.get();
+        std::sort(items.begin(), items.end());
+        CHECK(items == std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+        // A proxy as a result: the copy that comes back names the same object.
+        auto back = pool.apply(same_list, l);
+        CHECK(back == l);
+        back.append(99);
+        CHECK(l.size() == 11);
+        CHECK(l[-1] == 99);
+    }
+}
+
+TEST_CASE("A proxy travels in a Queue to a spawned child that has no connection to its manager",
+          "[manager][message]") {
+    auto manager = mp::Manager();
+    auto l = manager.list<int>();
+    mp::Queue<mm::ListProxy<int>> q;
+    auto child = mp::get_context("spawn").Process(take_proxy_from_queue, q);
+    child.start();
+    q.put(l);
+    child.join(30s);
+    CHECK(child.exitcode() == 0);
+    CHECK(l.get() == std::vector<int>{7});
+}
+
+TEST_CASE("Queues in a managed list and dict: the stored proxy keeps its queue alive (test_nested_queue)",
+          "[manager][message]") {
+    auto manager = mp::Manager();
+    auto a = manager.list<mm::QueueProxy<int>>();
+    a.append(manager.Queue<int>());  // the caller's proxy is gone after this line
+    a[0].put(123);
+    CHECK(a[0].get(10s) == 123);
+    auto b = manager.dict<int, mm::QueueProxy<int>>();
+    b.set(0, manager.Queue<int>());
+    b[0].put(456);
+    CHECK(b[0].get(10s) == 456);
+}
+
+TEST_CASE("Lists in a managed list (test_list_proxy_in_list), dicts in a dict (test_dict_proxy_nested)",
+          "[manager][message]") {
+    auto manager = mp::Manager();
+    using Inner = mm::ListProxy<int>;
+    auto a = manager.list<Inner>({manager.list<int>({0, 1, 2}), manager.list<int>({0, 1, 2}),
+                                  manager.list<int>({0, 1, 2})});
+    for (const auto& inner : a.get()) CHECK(inner.get() == std::vector<int>{0, 1, 2});
+    a[0].set(-1, 55);
+    CHECK(a[0].get() == std::vector<int>{0, 1, 55});
+    for (int i = 1; i < 3; ++i) CHECK(a[i].get() == std::vector<int>{0, 1, 2});
+    CHECK(a[1].pop() == 2);
+    CHECK(a[1].size() == 2u);
+    CHECK(a.index(a[2]) == 2);  // proxies compare by the object they name
+    CHECK(a.count(a[0]) == 1);
+
+    auto pets = manager.dict<std::string, int>({{"ferrets", 2}, {"hamsters", 4}});
+    auto supplies = manager.dict<std::string, int>({{"water", 10}, {"feed", 3}});
+    auto d = manager.dict<std::string, mm::DictProxy<std::string, int>>({{"pets", pets}, {"supplies", supplies}});
+    CHECK(d["pets"]["hamsters"] == 4);
+    d["supplies"].set("water", 7);
+    CHECK(supplies["water"] == 7);
+    pets.set("marmots", 1);
+    CHECK(d["pets"].size() == 3u);
+
+    // The server holds what it stores: an inner list whose every client proxy is gone
+    // lives while the outer list keeps it, and goes with it.
+    const auto inner_id = a[1].id();
+    const auto where = a.address();
+    CHECK_NOTHROW(mp::detail::manager::rebuild_from_message({where, inner_id}));
+    a.clear();
+    CHECK_THROWS_AS(mp::detail::manager::rebuild_from_message({where, inner_id}), mp::KeyError);
+}
+
+TEST_CASE("A managed list holds proxies to another manager it knows, and refuses a server a client names",
+          "[manager][message]") {
+    auto other = mp::Manager();  // made before `manager` starts: its server knows it
+    auto counts = other.dict<std::string, int>({{"a", 1}});
+    auto manager = mp::Manager();
+    auto l = manager.list<mm::DictProxy<std::string, int>>();
+    l.append(counts);
+    l[0].set("b", 2);
+    CHECK(counts.size() == 2u);
+
+    // A proxy naming a server nobody here knows: the server will not connect to it
+    // (it would present a key to an address a client chose).
+    auto stranger = std::make_shared<mp::detail::manager::ClientCore>(
+        mp::connection::Address::unix_socket("@mp-test-no-such-server"), "k", 1s);
+    const mm::DictProxy<std::string, int> unknown(std::make_shared<mp::detail::manager::ProxyState>(stranger, 1));
+    CHECK_THROWS_AS(l.append(unknown), mp::ValueError);
+    CHECK(l.size() == 1u);
+}
+
+TEST_CASE("A proxy to a manager with its own authkey, in a message to a process that never connected to it, "
+          "is a clear AuthenticationError",
+          "[manager][message]") {
+    mp::SyncManager manager({.authkey = "a key of its own"});
+    manager.start();
+    auto l = manager.list<int>();
+    auto pool = mp::get_context("spawn").Pool(1);
+    CHECK_THROWS_MATCHES(pool.apply(append_to, l, 1), mp::AuthenticationError,
+                         Catch::Matchers::Predicate<mp::AuthenticationError>([](const auto& e) {
+                             return std::string(e.what()).find("no connection to") != std::string::npos;
+                         }));
+    CHECK(l.size() == 0u);
+    CHECK(pool.apply([](int x) { return x + 1; }, 1) == 2);  // and the pool goes on
 }
 
 // =====================================================================================

@@ -191,15 +191,36 @@ void add_acquirer_methods(method_list<S>& m) {
 // ---- proxies --------------------------------------------------------------------------
 
 // What every proxy is: a handle to one object on one server. Copies share it; copies
-// in a child (inherited, or passed as a Process argument) call the same object.
+// in a child (inherited, or passed as a Process argument) call the same object, and so
+// does a copy sent in a message (a task argument or result, a queue item, a value stored
+// in a managed list or dict): it travels as its server's address and the object's id,
+// and the receiver takes a reference of its own (Python pickles a proxy the same way).
+// Keep the sent proxy until the receiver has it: an object whose last proxy is gone is
+// freed, even while a message naming it is on its way.
 class BaseProxy {
 public:
-    static constexpr bool is_process_shared_handle = true;
-
     // The object's id on its server (Python's proxy._id).
     std::uint64_t id() const { return state().id(); }
     // Where the server is.
     const Address& address() const { return state().client().address(); }
+
+    // Two proxies are equal when they name the same object on the same server.
+    friend bool operator==(const BaseProxy& a, const BaseProxy& b) {
+        return a.state_ == b.state_ || (a.state_ && b.state_ && a.id() == b.id() && a.address() == b.address());
+    }
+
+    // In a message (cereal's customization point; detail/manager_client.hpp says how the
+    // receiver finds the server's key).
+    template <class Archive>
+    void save(Archive& archive) const {
+        archive(detail::manager::message_reference_to(state()));
+    }
+    template <class Archive>
+    void load(Archive& archive) {
+        detail::manager::ProxyInMessage reference;
+        archive(reference);
+        state_ = detail::manager::rebuild_from_message(reference);
+    }
 
     // Under spawn and forkserver: the server's address, the key and the object's id
     // travel, and the child's copy holds a reference of its own (as Python's proxies).
@@ -1418,8 +1439,10 @@ struct ManagerOptions {
     // Where the server listens, or where to connect. Empty: a fresh abstract unix socket
     // (for a manager this program starts).
     Address address{};
-    // The shared secret. Empty: a random one (for a manager this program starts; its
-    // children inherit it).
+    // The shared secret. Empty: the program's own key (Python's
+    // current_process().authkey): 32 random bytes drawn once at start, which every
+    // child of the program inherits, so a child can connect() to its parent's manager,
+    // and a proxy that reaches a process in a message finds its server's key.
     std::string authkey{};
     // Connecting and the handshake give up after this long.
     Timeout connect_timeout = Timeout(20.0);
@@ -1572,11 +1595,11 @@ public:
         if (client_) throw ValueError("BaseManager.connect: already connected");
         if (options_.address == Address{})
             throw ValueError("BaseManager.connect: give the server's address in ManagerOptions.address");
-        if (options_.authkey.empty())
-            throw AuthenticationError("BaseManager.connect: give the server's authkey in ManagerOptions.authkey");
+        if (options_.authkey.empty()) options_.authkey = detail::process_state().authkey;
         auto client = std::make_shared<detail::ClientCore>(options_.address, options_.authkey, options_.connect_timeout,
                                                            local_code_secret_for(options_.address));
         client->request(detail::Op::ping, 0, {}, nullptr);
+        detail::manager::Clients::instance().add(client);
         client_ = std::move(client);
     }
 
@@ -1810,7 +1833,7 @@ private:
     }
 
     std::string authkey_for_server() {
-        if (options_.authkey.empty()) options_.authkey = detail::auth::random_authkey();
+        if (options_.authkey.empty()) options_.authkey = detail::process_state().authkey;
         return options_.authkey;
     }
 
@@ -2007,6 +2030,7 @@ inline void BaseManager::start_server_process() {
     }
     local_code_secret_for(bound, code_secret);
     client_ = std::make_shared<detail::ClientCore>(bound, key, options_.connect_timeout, code_secret);
+    detail::manager::Clients::instance().add(client_);
 }
 
 // Python's SyncManager: a BaseManager that also serves the built-in types.

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <random>
 #include <string>
 #include <string_view>
@@ -28,7 +29,9 @@
 #include "../errors.hpp"
 #include "deadline.hpp"
 #include "manager_channel.hpp"
+#include "manager_local.hpp"
 #include "manager_protocol.hpp"
+#include "process_state.hpp"
 #include "shared_object.hpp"
 #include "socket.hpp"
 #include "wire.hpp"
@@ -213,10 +216,19 @@ private:
 // does on first use), and giving the parent's back could free the object under it; so
 // the reference then stays until this process's connections close (it exits, or the
 // manager shuts down).
+//
+// A proxy rebuilt inside its own server (a value stored in a served container) holds its
+// reference in the server's table instead (`held_by_server`, see manager_local.hpp).
 class ProxyState {
 public:
-    ProxyState(std::shared_ptr<ClientCore> client, std::uint64_t id)
-        : client_(std::move(client)), id_(id), attached_pid_(current_pid()), forks_at_creation_(fork_count()) {}
+    ProxyState(std::shared_ptr<ClientCore> client, std::uint64_t id,
+               const std::shared_ptr<ServerHeldReferences>& held_by_server = nullptr)
+        : client_(std::move(client)),
+          id_(id),
+          attached_pid_(current_pid()),
+          forks_at_creation_(fork_count()),
+          held_by_server_(held_by_server),
+          server_pid_(held_by_server ? current_pid() : 0) {}
     ProxyState(const ProxyState&) = delete;
     ProxyState& operator=(const ProxyState&) = delete;
 
@@ -224,6 +236,12 @@ public:
         // Only the process that holds the reference gives it back. Best effort: a server
         // that is gone already dropped it.
         if (attached_pid_.load(std::memory_order_relaxed) != current_pid()) return;
+        if (server_pid_ == current_pid()) {
+            // The server's own forks (a served Pool's workers) run no server code, so
+            // the fork rule below does not apply to the references it holds itself.
+            if (auto server = held_by_server_.lock()) server->let_go(id_);
+            return;
+        }
         if (fork_count() != forks_at_creation_) return;
         try {
             client_->request(Op::decref, id_, {}, nullptr);
@@ -281,6 +299,9 @@ private:
     std::uint64_t id_;
     std::atomic<pid_t> attached_pid_;
     std::uint64_t forks_at_creation_;
+    std::weak_ptr<ServerHeldReferences> held_by_server_;
+    // The server's process, where held_by_server_ holds the reference; 0 for a client.
+    pid_t server_pid_;
 };
 
 // A proxy in the payload of a process started by spawn or forkserver: where its server
@@ -306,31 +327,117 @@ inline ProxyReference reference_to(const ProxyState& state) {
     return {client.address(), client.authkey(), state.id(), client.connect_timeout().count(), client.code_secret()};
 }
 
+// The clients of this process (and those its parent had when it forked), so that proxies
+// to one server share one client, and a proxy that arrives in a message finds the key
+// its server takes.
+class Clients {
+public:
+    static Clients& instance() {
+        // Leaked on purpose: proxies destroyed by static destructors may still look here.
+        static Clients* clients = new Clients;
+        return *clients;
+    }
+
+    // A client of the server at `address` (with that key and secret, unless `key` is
+    // nullptr: any client of it), made when there is none.
+    std::shared_ptr<ClientCore> find_or_make(const connection::Address& address, const std::string* key,
+                                             const std::string& code_secret,
+                                             std::chrono::duration<double> connect_timeout) {
+        std::lock_guard lock(mutex_);
+        if (auto found = find_locked(address, key, code_secret)) return found;
+        auto made = std::make_shared<ClientCore>(address, key ? *key : process_state().authkey, connect_timeout,
+                                                 key ? code_secret : std::string());
+        clients_.push_back(made);
+        return made;
+    }
+
+    // Any client of the server at `address` that this process has, or nullptr.
+    std::shared_ptr<ClientCore> find(const connection::Address& address) {
+        std::lock_guard lock(mutex_);
+        return find_locked(address, nullptr, {});
+    }
+
+    void add(const std::shared_ptr<ClientCore>& client) {
+        std::lock_guard lock(mutex_);
+        clients_.push_back(client);
+    }
+
+private:
+    std::shared_ptr<ClientCore> find_locked(const connection::Address& address, const std::string* key,
+                                            const std::string& code_secret) {
+        std::erase_if(clients_, [](const auto& c) { return c.expired(); });
+        for (const auto& weak : clients_) {
+            auto c = weak.lock();
+            if (c && c->address() == address && (!key || (c->authkey() == *key && c->code_secret() == code_secret)))
+                return c;
+        }
+        return nullptr;
+    }
+
+    Clients() {
+        // A fork child may be made while another thread holds the mutex.
+        ::pthread_atfork(nullptr, nullptr, [] { new (&instance().mutex_) std::mutex; });
+    }
+    std::mutex mutex_;
+    std::vector<std::weak_ptr<ClientCore>> clients_;
+};
+
 // In the child: a proxy state holding a reference of its own on the object (taken here,
 // given back when the last copy goes). Proxies to one server share one client, as the
 // proxies a manager hands out do.
 inline std::shared_ptr<ProxyState> rebuild_proxy_state(const ProxyReference& r) {
-    static std::mutex mutex;
-    static std::vector<std::weak_ptr<ClientCore>> clients;
-    std::shared_ptr<ClientCore> client;
-    {
-        std::lock_guard lock(mutex);
-        std::erase_if(clients, [](const auto& c) { return c.expired(); });
-        for (const auto& weak : clients) {
-            auto c = weak.lock();
-            if (c->address() == r.address && c->authkey() == r.authkey && c->code_secret() == r.code_secret) {
-                client = std::move(c);
-                break;
-            }
-        }
-        if (!client) {
-            client = std::make_shared<ClientCore>(r.address, r.authkey,
-                                                  std::chrono::duration<double>(r.connect_timeout_seconds),
-                                                  r.code_secret);
-            clients.push_back(client);
+    auto client = Clients::instance().find_or_make(r.address, &r.authkey, r.code_secret,
+                                                   std::chrono::duration<double>(r.connect_timeout_seconds));
+    client->request(Op::incref, r.id, {}, nullptr);
+    return std::make_shared<ProxyState>(std::move(client), r.id);
+}
+
+// A proxy inside a message (a task argument, a queue item, a value in a managed list):
+// its server and object, and not the key, as Python pickles a proxy. The receiver
+// presents the key of a client it already has for that server (its own, or its parent's
+// when it was forked), or else the program's key, which a Manager given none uses.
+struct ProxyInMessage {
+    connection::Address address;
+    std::uint64_t id = 0;
+
+    template <class Archive>
+    void serialize(Archive& archive) {
+        archive(address, id);
+    }
+};
+
+inline ProxyInMessage message_reference_to(const ProxyState& state) { return {state.client().address(), state.id()}; }
+
+// How long a proxy that arrived in a message waits to connect (ManagerOptions' default).
+inline constexpr std::chrono::seconds message_proxy_connect_timeout{20};
+
+// The receiving side: a proxy state with a reference of this process's own. Inside the
+// server itself, the server holds it (manager_local.hpp).
+inline std::shared_ptr<ProxyState> rebuild_from_message(const ProxyInMessage& r) {
+    if (auto local = LocalServers::instance().find(r.address)) {
+        if (auto references = local->references.lock()) {
+            references->hold(r.id);
+            auto client = Clients::instance().find_or_make(r.address, &local->authkey, {},
+                                                           message_proxy_connect_timeout);
+            return std::make_shared<ProxyState>(std::move(client), r.id, references);
         }
     }
-    client->request(Op::incref, r.id, {}, nullptr);
+    auto client = decoding_a_peers_request
+                      ? Clients::instance().find(r.address)
+                      : Clients::instance().find_or_make(r.address, nullptr, {}, message_proxy_connect_timeout);
+    if (!client)
+        throw ValueError("manager: a proxy in this request names the server at " + r.address.to_string() +
+                         ", which this server has no connection to; a server connects only to servers it already "
+                         "knows (a manager its program made before starting this one), never to an address a "
+                         "client names");
+    try {
+        client->request(Op::incref, r.id, {}, nullptr);
+    } catch (const AuthenticationError& e) {
+        throw AuthenticationError(std::string(e.what()) + " (a proxy arrived in a message for the manager at " +
+                                  r.address.to_string() + ", which this process has no connection to, and the "
+                                  "server refused the program's own key: a manager started with an authkey of "
+                                  "its own must be connected to in this process, or an ancestor, first)");
+    }
     return std::make_shared<ProxyState>(std::move(client), r.id);
 }
 

@@ -35,6 +35,7 @@
 #include "../errors.hpp"
 #include "deadline.hpp"
 #include "manager_channel.hpp"
+#include "manager_local.hpp"
 #include "manager_protocol.hpp"
 #include "socket.hpp"
 #include "wire.hpp"
@@ -160,9 +161,21 @@ struct ConnectionState {
     bool may_run_code = false;
 };
 
-class ServerCore {
+class ServerCore : public ServerHeldReferences {
 public:
     explicit ServerCore(bool serve_builtins) : serve_builtins_(serve_builtins) {}
+
+    // The references the server holds itself, for proxies stored in what it serves
+    // (manager_local.hpp): counted under a session no connection can name.
+    void hold(std::uint64_t id) override {
+        std::lock_guard lock(mutex_);
+        take_reference(server_session, id);
+    }
+    void let_go(std::uint64_t id) noexcept override {
+        std::vector<std::shared_ptr<ServedObject>> dying;  // destroyed outside the lock
+        std::lock_guard lock(mutex_);
+        give_back(server_session, id, dying);
+    }
 
     // The secret that marks this program's own processes: the manager that starts the
     // server draws it, the server and that manager's process (and its children, by fork
@@ -187,6 +200,7 @@ public:
         close_connection = false;
         try {
             Reply reply(out, frame_header);
+            const DecodingPeersRequest decoding;
             try {
                 dispatch(parse_request(request), connection, reply);
             } catch (const ProtocolError& e) {
@@ -235,6 +249,7 @@ private:
         if (!connection.said_hello) {
             if (request.op != Op::hello)
                 throw ProtocolError("the first request on a connection must say which client it is from");
+            if (request.object == server_session) throw ProtocolError("session 0 is the server's own");
             std::lock_guard lock(mutex_);
             if (!request.arguments.empty() && connection.same_user && !code_secret_.empty()) {
                 ByteReader hello(request.arguments);
@@ -290,20 +305,13 @@ private:
             }
             case Op::incref: {
                 std::lock_guard lock(mutex_);
-                auto it = objects_.find(request.object);
-                if (it == objects_.end()) throw_no_object(request.object);
-                ++it->second.references;
-                ++sessions_[connection.session].references[request.object];
+                take_reference(connection.session, request.object);
                 return;
             }
             case Op::decref: {
-                std::vector<std::shared_ptr<ServedObject>> dying;
+                std::vector<std::shared_ptr<ServedObject>> dying;  // destroyed outside the lock
                 std::lock_guard lock(mutex_);
-                auto& held = sessions_[connection.session].references;
-                auto it = held.find(request.object);
-                if (it == held.end()) return;  // not this session's: nothing to give back
-                if (--it->second == 0) held.erase(it);
-                drop_references(request.object, 1, dying);
+                give_back(connection.session, request.object, dying);
                 return;
             }
         }
@@ -349,6 +357,23 @@ private:
                        " (every proxy to it was released, or the server was restarted)");
     }
 
+    // Called with mutex_ held.
+    void take_reference(std::uint64_t session, std::uint64_t id) {
+        auto it = objects_.find(id);
+        if (it == objects_.end()) throw_no_object(id);
+        ++it->second.references;
+        ++sessions_[session].references[id];
+    }
+
+    // Called with mutex_ held; objects that die are moved to `dying`.
+    void give_back(std::uint64_t session, std::uint64_t id, std::vector<std::shared_ptr<ServedObject>>& dying) {
+        auto& held = sessions_[session].references;
+        auto it = held.find(id);
+        if (it == held.end()) return;  // not this session's: nothing to give back
+        if (--it->second == 0) held.erase(it);
+        drop_references(id, 1, dying);
+    }
+
     // Called with mutex_ held; objects that die are moved to `dying`.
     void drop_references(std::uint64_t id, std::uint64_t count,
                          std::vector<std::shared_ptr<ServedObject>>& dying) {
@@ -360,6 +385,10 @@ private:
             objects_.erase(it);
         }
     }
+
+    // Clients' session tokens are never 0 (ClientCore::session_token), and a hello that
+    // names 0 is refused.
+    static constexpr std::uint64_t server_session = 0;
 
     const bool serve_builtins_;
     mutable std::mutex mutex_;
@@ -399,6 +428,8 @@ public:
         // can be dropped: closing it makes room to take the waiting connection off the
         // queue and close it, rather than poll waking up for it forever.
         reserve_fd_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        // Proxies to our own objects that arrive in requests hold their references here.
+        const LocalServerRegistration serving_here({address(), shared_->authkey, shared_->core, current_pid()});
         for (;;) {
             pollfd fds[3] = {{listener_.fd(), POLLIN, 0}, {shared_->stop_fd, POLLIN, 0}, {watch_fd, POLLIN, 0}};
             const int r = ::poll(fds, watch_fd >= 0 ? 3 : 2, -1);

@@ -138,6 +138,7 @@ inline UniqueFd write_bootstrap(const ForkOptions& options, code_address entry, 
         put(w, options.daemon);
         put(w, options.identity);
         put(w, options.die_with_parent);
+        put(w, process_state().authkey);  // private: only the child can read its fd 3
     });
     UniqueFd boot(::memfd_create("multiprocessing-bootstrap", MFD_CLOEXEC));
     if (boot.get() < 0) throw_errno("memfd_create(bootstrap)");
@@ -285,6 +286,7 @@ inline pid_t spawn_child(const ForkOptions& options, code_address entry, std::sp
         const bool daemon = get<bool>(in);
         auto identity = get<std::vector<int>>(in);
         const bool die_with_parent = get<bool>(in);
+        process_state().authkey = get<std::string>(in);
         if (die_with_parent) {
             ::prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (::getppid() != real_parent.value_or(parent_pid)) ::_exit(1);  // the parent died before the line above

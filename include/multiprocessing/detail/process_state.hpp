@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -11,9 +12,11 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -161,6 +164,23 @@ struct ProcessState {
     // Run when this process exits normally (returns from main, exit(), or a child's
     // target returns), not when it is killed: see add_normal_exit_action().
     std::vector<void (*)()> normal_exit_actions;
+    // The program's key (Python's current_process().authkey): drawn once in the main
+    // process, inherited by every child (a spawned one gets it through its bootstrap).
+    // A Manager given no authkey uses it, and a proxy that arrives in a message for a
+    // server this process has no connection to is presented with it.
+    std::string authkey = draw_process_authkey();
+
+private:
+    static std::string draw_process_authkey() {
+        std::string key(32, '\0');
+        for (std::size_t done = 0; done < key.size();) {
+            const ssize_t n = ::getrandom(key.data() + done, key.size() - done, 0);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) throw std::system_error(errno, std::generic_category(), "getrandom (the program's authkey)");
+            done += static_cast<std::size_t>(n);
+        }
+        return key;
+    }
 };
 
 inline ProcessState& process_state() {
@@ -169,6 +189,8 @@ inline ProcessState& process_state() {
     static ProcessState* state = new ProcessState;
     return *state;
 }
+// Drawn before main(), so a child forked by any thread inherits the same key.
+inline const bool process_state_made_before_main = (process_state(), true);
 
 // Python's _exit_function: terminate daemonic children, then join the others.
 inline void finish_children() {
