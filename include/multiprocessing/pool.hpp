@@ -188,9 +188,7 @@ template <class Range>
 using item_t = stored_arg_t<std::ranges::range_value_t<Range>>;
 
 template <class T>
-concept tuple_like_concept = requires { std::tuple_size<T>::value; };
-template <class T>
-inline constexpr bool is_tuple_like = tuple_like_concept<T>;
+inline constexpr bool is_tuple_like = tuple_like<T>;
 
 
 template <class Fn, class... A>
@@ -1061,7 +1059,16 @@ private:
 
     template <class Fn, class... A>
     auto submit_apply(Fn fn, std::tuple<A...> args, ApplyOptions<detail::apply_result_t<Fn, A...>> options = {}) {
-        static_assert(std::is_invocable_v<Fn&, A&...>, "Pool.apply: the function cannot be called with these arguments");
+        if constexpr (!std::is_invocable_v<Fn&, A&...>) {
+            static_assert(detail::dependent_false<Fn>, "Pool.apply: the function cannot be called with these arguments");
+            return AsyncResult<void>(nullptr);  // never runs: nothing more is instantiated after the message
+        } else {
+            return submit_callable_apply(std::move(fn), std::move(args), std::move(options));
+        }
+    }
+
+    template <class Fn, class... A>
+    auto submit_callable_apply(Fn fn, std::tuple<A...> args, ApplyOptions<detail::apply_result_t<Fn, A...>> options) {
         Transport::template check_apply<Fn, A...>();
         using Task = typename Transport::template Apply<Fn, A...>;
         using Result = typename Task::Result;
@@ -1123,7 +1130,18 @@ private:
                     detail::error_callback_t error_callback, const void** borrowed_job = nullptr) {
         using Fn = detail::stored_callable_t<F>;
         using T = detail::item_t<Range>;
-        check_map_types<Star, Fn, T>();
+        if constexpr (!map_types_valid<Star, Fn, T>())
+            return MapResult<void>(nullptr);  // never runs: nothing more is instantiated after the message
+        else
+            return submit_callable_map<Star>(std::forward<F>(f), std::forward<Range>(range), chunksize, progress,
+                                             std::move(callback), std::move(error_callback), borrowed_job);
+    }
+
+    template <bool Star, class F, class Range, class CB>
+    auto submit_callable_map(F&& f, Range&& range, std::optional<std::size_t> chunksize, bool progress, CB callback,
+                             detail::error_callback_t error_callback, const void** borrowed_job) {
+        using Fn = detail::stored_callable_t<F>;
+        using T = detail::item_t<Range>;
         using R = detail::chunk_result_t<Star, Fn, T>;
         check_running(Star ? "starmap" : "map");
         const Fn fn(std::forward<F>(f));
@@ -1171,7 +1189,16 @@ private:
     auto run_imap(F&& f, Range&& range, std::optional<std::size_t> chunksize, bool ordered, bool progress) {
         using Fn = detail::stored_callable_t<F>;
         using T = detail::item_t<Range>;
-        check_map_types<Star, Fn, T>();
+        if constexpr (!map_types_valid<Star, Fn, T>())
+            return IMapIterator<void>(nullptr);  // never runs: nothing more is instantiated after the message
+        else
+            return run_callable_imap<Star>(std::forward<F>(f), std::forward<Range>(range), chunksize, ordered, progress);
+    }
+
+    template <bool Star, class F, class Range>
+    auto run_callable_imap(F&& f, Range&& range, std::optional<std::size_t> chunksize, bool ordered, bool progress) {
+        using Fn = detail::stored_callable_t<F>;
+        using T = detail::item_t<Range>;
         using R = detail::chunk_result_t<Star, Fn, T>;
         check_running(ordered ? "imap" : "imap_unordered");
         const std::size_t size = chunksize.value_or(1);
@@ -1209,13 +1236,25 @@ private:
         return IMapIterator<R>(std::move(job));
     }
 
+    // One message per mistake: false after a failed check, and the callers then
+    // instantiate nothing more. Called in `if constexpr`, so its checks fire at the
+    // call, before anything the caller's code does with the result.
     template <bool Star, class Fn, class T>
-    static constexpr void check_map_types() {
-        if constexpr (Star)
-            static_assert(detail::is_tuple_like<T>, "Pool.starmap: each item must be a std::tuple (or pair) of arguments");
-        else
-            static_assert(std::is_invocable_v<Fn&, T&>, "Pool.map: the function cannot be called with an item of the range");
-        Transport::template check_map<Star, Fn, T>();
+    static constexpr bool map_types_valid() {
+        if constexpr (Star && !detail::is_tuple_like<T>) {
+            static_assert(detail::dependent_false<T>, "Pool.starmap: each item must be a std::tuple (or pair) of arguments");
+            return false;
+        } else if constexpr (Star && !detail::callable_on_item<Star, Fn, T>) {
+            static_assert(detail::dependent_false<T>,
+                          "Pool.starmap: the function cannot be called with the elements of an item as its arguments");
+            return false;
+        } else if constexpr (!detail::callable_on_item<Star, Fn, T>) {
+            static_assert(detail::dependent_false<T>, "Pool.map: the function cannot be called with an item of the range");
+            return false;
+        } else {
+            Transport::template check_map<Star, Fn, T>();
+            return true;
+        }
     }
 
     std::shared_ptr<detail::PoolExecutor> core_;

@@ -35,6 +35,8 @@ bool launched_by_mpirun() {
 int square(int x) { return x * x; }
 long fib(int n) { return n < 2 ? n : fib(n - 1) + fib(n - 2); }
 int add(int a, int b) { return a + b; }
+int add3(int a, int b, int c) { return a + b + c; }
+std::string greet(const std::string& greeting, const std::string& name) { return greeting + name; }
 std::string shout(std::string s) {
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
     return s + "!";
@@ -93,6 +95,20 @@ TEST_CASE("map, starmap and their async forms keep the input's order", "[mpi]") 
     CHECK(async.get(60s) == std::vector<long>{55, 6765, 75025});
     CHECK(called == 3);
     CHECK(pool.map(shout, std::vector<std::string>{"a", "b"}) == std::vector<std::string>{"A!", "B!"});
+}
+
+TEST_CASE("mp::partial binds leading arguments, a string among them, for apply, map, starmap and imap", "[mpi]") {
+    mp::mpi::Pool pool(2);
+    CHECK(pool.apply(mp::partial(add, 40), 2) == 42);
+    CHECK(pool.map(mp::partial(add, 10), std::vector<int>{1, 2, 3}) == std::vector<int>{11, 12, 13});
+    const std::string greeting = "hello, ";
+    CHECK(pool.map(mp::partial(greet, greeting), std::vector<std::string>{"ann", "bo"}) ==
+          std::vector<std::string>{"hello, ann", "hello, bo"});
+    std::vector<std::tuple<int>> singles{{1}, {2}};
+    CHECK(pool.starmap(mp::partial(add, 5), singles) == std::vector<int>{6, 7});
+    std::vector<int> got;
+    for (int x : pool.imap(mp::partial(mp::partial(add3, 100), 20), std::vector<int>{1, 2})) got.push_back(x);
+    CHECK(got == std::vector<int>{121, 122});
 }
 
 TEST_CASE("imap is lazy and ordered, imap_unordered yields everything", "[mpi]") {

@@ -224,8 +224,32 @@ decltype(auto) call_item(F& fn, T& item) {
         return std::invoke(fn, item);
 }
 
+// Whether f can take an item: f(item) for map; for starmap, the item is a tuple-like
+// whose elements are f's arguments (a tuple-like other than tuple and pair is not
+// looked into here).
+template <class T>
+concept tuple_like = requires { std::tuple_size<T>::value; };
+template <class F, class T>
+inline constexpr bool applicable_to = tuple_like<T>;
+template <class F, class... A>
+inline constexpr bool applicable_to<F, std::tuple<A...>> = std::is_invocable_v<F&, A&...>;
+template <class F, class A, class B>
+inline constexpr bool applicable_to<F, std::pair<A, B>> = std::is_invocable_v<F&, A&, B&>;
 template <bool Star, class F, class T>
-using item_result_t = std::decay_t<decltype(call_item<Star>(std::declval<F&>(), std::declval<T&>()))>;
+inline constexpr bool callable_on_item = Star ? applicable_to<F, T> : std::is_invocable_v<F&, T&>;
+
+// What f gives for one item, decayed; void when it cannot take the item, so that the
+// pool's static_assert (with its message) is the only error.
+template <bool Star, class F, class T, bool = callable_on_item<Star, F, T>>
+struct item_result {
+    using type = void;
+};
+template <bool Star, class F, class T>
+struct item_result<Star, F, T, true> {
+    using type = std::decay_t<decltype(call_item<Star>(std::declval<F&>(), std::declval<T&>()))>;
+};
+template <bool Star, class F, class T>
+using item_result_t = typename item_result<Star, F, T>::type;
 
 // A chunk of a map: `count` items, each given to f. Results of a trivially copyable type
 // are computed straight into the result ring; any failure, or any other result type,
