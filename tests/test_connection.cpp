@@ -615,6 +615,56 @@ TEST_CASE("recv(timeout) throws TimeoutError when nothing comes, and returns wha
     CHECK_THROWS_AS(a.recv(5s), mp::EOFError);  // EOF is an answer, not a timeout
 }
 
+TEST_CASE("A timed receive keeps its deadline when the sender stalls in the middle of a message", "[connection]") {
+    // The peer writes a header claiming 1000 bytes and 10 of them, then stays silent
+    // with its end open: the receive must still end at its timeout, not wait forever.
+    std::byte frame[8 + 10] = {};
+    frame[0] = std::byte{0xe8};  // 1000, little-endian
+    frame[1] = std::byte{0x03};
+    SECTION("recv") {
+        auto [a, b] = mp::Pipe<std::string>();
+        mp_test::put_bytes(b.fileno(), frame, sizeof frame);
+        double t = seconds_to_run([&] {
+            CHECK_THROWS_WITH(a.recv(300ms), Catch::Contains("stalled in the middle"));
+        });
+        CHECK(t >= 0.25);
+        CHECK(t < 5.0);
+        // The rest of that message may still come: this end no longer knows where the
+        // next one starts, so it refuses to guess.
+        CHECK_FALSE(a.readable());
+        CHECK_THROWS_WITH(a.recv(1s), Catch::Contains("stalled in the middle of one"));
+        a.send("the other direction still works");
+        CHECK(b.recv(5s) == "the other direction still works");
+    }
+    SECTION("recv_bytes and recv_bytes_into") {
+        for (int form = 0; form < 2; ++form) {
+            auto [a, b] = mp::Pipe<std::string>();
+            mp_test::put_bytes(b.fileno(), frame, 12);  // the header and 4 bytes
+            std::vector<std::byte> buffer(2000);
+            double t = seconds_to_run([&] {
+                if (form == 0)
+                    CHECK_THROWS_AS(a.recv_bytes(200ms), mp::TimeoutError);
+                else
+                    CHECK_THROWS_AS(a.recv_bytes_into(buffer, 0, 200ms), mp::TimeoutError);
+            });
+            CHECK(t < 5.0);
+            CHECK_FALSE(a.readable());
+        }
+    }
+    SECTION("the untimed recv still waits for the whole message") {
+        auto [a, b] = mp::Pipe<std::string>();
+        mp_test::put_bytes(b.fileno(), frame, 12);
+        std::thread finisher([&, fd = b.fileno()] {
+            std::this_thread::sleep_for(200ms);
+            std::byte rest[1000 - 4] = {};
+            mp_test::put_bytes(fd, rest, sizeof rest);
+        });
+        CHECK_NOTHROW(a.recv_bytes());
+        finisher.join();
+        CHECK(a.readable());
+    }
+}
+
 TEST_CASE("recv(timeout) also times out while another thread is the one blocked in recv", "[connection]") {
     auto [a, b] = mp::Pipe<int>();
     std::atomic<int> got{-1};

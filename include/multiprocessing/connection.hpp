@@ -351,7 +351,8 @@ private:
     void check_readable(const char* op) const {
         if (endpoint().lost_position())
             throw ValueError(detail::wire::error_text(
-                op, "this end no longer receives: an earlier recv_bytes(maxlength) met a longer message, "
+                op, "this end no longer receives: an earlier receive stopped inside a message (recv_bytes("
+                    "maxlength) met a longer one, or a timed receive's sender stalled in the middle of one), "
                     "and without reading it the next one cannot be found"));
         if (!endpoint().readable())
             throw ValueError(detail::wire::error_text(
@@ -389,9 +390,9 @@ private:
     }
 
     // One whole message; the caller holds recv_lock.
-    std::vector<std::byte> read_message(int fd, const char* op) const {
-        const std::size_t size = accepted_size(detail::wire::read_frame_header(fd, op), op);
-        return detail::wire::read_frame_payload_growing(fd, size, op);
+    std::vector<std::byte> read_message(int fd, const char* op, const detail::Deadline& deadline) const {
+        const std::size_t size = accepted_size(detail::wire::read_frame_header(fd, op, deadline), op);
+        return detail::wire::read_frame_payload_growing(fd, size, op, deadline);
     }
 
     static T decode(const std::vector<std::byte>& payload, const char* op) {
@@ -410,7 +411,20 @@ private:
     struct Receiving {
         detail::PipeEndpoint::InUse fd;
         std::unique_lock<detail::DeadlineLock> lock;
+        detail::Deadline deadline;  // untimed for an untimed receive
     };
+
+    // Reads the message the receive found, within its deadline. A timeout there leaves
+    // the stream inside the message, so this end stops receiving (see check_readable).
+    template <class Read>
+    decltype(auto) read_within_deadline(Read&& read) const {
+        try {
+            return read();
+        } catch (const TimeoutError&) {
+            endpoint().lose_position();
+            throw;
+        }
+    }
 
     // Waits for the receive lock and for the first byte of a message; TimeoutError if
     // `timeout` runs out first.
@@ -419,7 +433,7 @@ private:
         auto& ep = endpoint();
         // The fd first: a closed end fails at once, not after another thread's recv.
         auto in_use = ep.use(op);
-        if (!timeout) return Receiving{std::move(in_use), std::unique_lock(ep.recv_lock)};
+        if (!timeout) return Receiving{std::move(in_use), std::unique_lock(ep.recv_lock), {}};
         const auto deadline = detail::Deadline(*timeout);
         std::unique_lock lock(ep.recv_lock, std::defer_lock);
         if (!deadline.timed())
@@ -427,13 +441,13 @@ private:
         else if (!lock.try_lock_until(*deadline.at()))
             throw timed_out(op, *timeout);
         if (!detail::wire::readable_within(in_use.fd(), deadline)) throw timed_out(op, *timeout);
-        return Receiving{std::move(in_use), std::move(lock)};
+        return Receiving{std::move(in_use), std::move(lock), deadline};
     }
 
     T receive_value(std::optional<Timeout> timeout) {
         constexpr const char* op = "Connection.recv";
         auto r = start_receiving(op, timeout);
-        return decode(read_message(r.fd.fd(), op), op);
+        return decode(read_within_deadline([&] { return read_message(r.fd.fd(), op, r.deadline); }), op);
     }
 
     std::size_t receive_bytes_into(std::span<std::byte> buf, std::size_t offset, std::optional<Timeout> timeout) {
@@ -444,13 +458,15 @@ private:
                                                               std::to_string(buf.size()) + " bytes)"));
         auto r = start_receiving(op, timeout);
         const int fd = r.fd.fd();
-        const std::size_t size = accepted_size(detail::wire::read_frame_header(fd, op), op);
+        const std::size_t size =
+            accepted_size(read_within_deadline([&] { return detail::wire::read_frame_header(fd, op, r.deadline); }), op);
         const std::size_t room = buf.size() - offset;
         if (size <= room) {
-            detail::wire::read_frame_payload(fd, buf.data() + offset, size, op);
+            read_within_deadline([&] { detail::wire::read_frame_payload(fd, buf.data() + offset, size, op, r.deadline); });
             return size;
         }
-        std::vector<std::byte> whole = detail::wire::read_frame_payload_growing(fd, size, op);
+        std::vector<std::byte> whole =
+            read_within_deadline([&] { return detail::wire::read_frame_payload_growing(fd, size, op, r.deadline); });
         throw BufferTooShort(
             detail::wire::error_text(op, "the message is " + std::to_string(size) +
                                              " bytes but the buffer has room for " + std::to_string(room) +
@@ -463,7 +479,8 @@ private:
         constexpr const char* op = "Connection.recv_bytes";
         auto r = start_receiving(op, timeout);
         const int fd = r.fd.fd();
-        const std::uint64_t length = detail::wire::read_frame_header(fd, op);
+        const std::uint64_t length =
+            read_within_deadline([&] { return detail::wire::read_frame_header(fd, op, r.deadline); });
         if (maxlength && length > *maxlength) {
             endpoint().lose_position();
             throw std::system_error(
@@ -472,7 +489,8 @@ private:
                                                  " bytes, more than maxlength = " + std::to_string(*maxlength) +
                                                  "; it was not read, so this end no longer receives"));
         }
-        return detail::wire::read_frame_payload_growing(fd, accepted_size(length, op), op);
+        const std::size_t size = accepted_size(length, op);
+        return read_within_deadline([&] { return detail::wire::read_frame_payload_growing(fd, size, op, r.deadline); });
     }
 
     static TimeoutError timed_out(const char* op, Timeout timeout) {

@@ -112,10 +112,21 @@ inline void send_all(int fd, iovec* iov, std::size_t count, const char* op) {
     }
 }
 
-// Reads up to n bytes, fewer only at EOF; returns how many arrived.
-inline std::size_t read_up_to(int fd, std::byte* out, std::size_t n, const char* op) {
+// A timed receive whose message began but did not finish in time: the rest of it is
+// still to come, so the stream is no longer at a message boundary.
+[[noreturn]] inline void throw_stalled(const char* op) {
+    throw TimeoutError(error_text(op, "a message began but the rest of it did not arrive before the timeout ran "
+                                      "out: the sender stalled in the middle of it, and this end, no longer at a "
+                                      "message boundary, receives no more"));
+}
+
+// Reads up to n bytes, fewer only at EOF; returns how many arrived. With a deadline
+// (a timed receive), each read waits for bytes only until then: a peer that stops in
+// the middle of a message cannot hold the receiver past its timeout.
+inline std::size_t read_up_to(int fd, std::byte* out, std::size_t n, const char* op, const Deadline& deadline = {}) {
     std::size_t got = 0;
     while (got < n) {
+        if (deadline.timed() && !readable_within(fd, deadline)) throw_stalled(op);
         const ssize_t k = ::read(fd, out + got, n - got);
         if (k > 0) {
             got += static_cast<std::size_t>(k);
@@ -138,9 +149,9 @@ inline std::size_t read_up_to(int fd, std::byte* out, std::size_t n, const char*
 }
 
 // The length of the next message; EOFError when the stream ends before it.
-inline std::uint64_t read_frame_header(int fd, const char* op) {
+inline std::uint64_t read_frame_header(int fd, const char* op, const Deadline& deadline = {}) {
     std::byte header[frame_header_size];
-    const std::size_t got = read_up_to(fd, header, frame_header_size, op);
+    const std::size_t got = read_up_to(fd, header, frame_header_size, op, deadline);
     if (got == 0)
         throw EOFError(error_text(op, "the other end of the pipe is closed (every process that held it closed "
                                       "it or exited) and every message sent has been read"));
@@ -148,8 +159,9 @@ inline std::uint64_t read_frame_header(int fd, const char* op) {
     return decode_frame_header(header);
 }
 
-inline void read_frame_payload(int fd, std::byte* out, std::uint64_t length, const char* op) {
-    const std::size_t got = read_up_to(fd, out, static_cast<std::size_t>(length), op);
+inline void read_frame_payload(int fd, std::byte* out, std::uint64_t length, const char* op,
+                               const Deadline& deadline = {}) {
+    const std::size_t got = read_up_to(fd, out, static_cast<std::size_t>(length), op, deadline);
     if (got < length) throw_truncated(op, got, length);
 }
 
@@ -160,14 +172,15 @@ inline void read_frame_payload(int fd, std::byte* out, std::uint64_t length, con
 // growth cost a large honest message about one extra pass over its bytes.)
 inline constexpr std::size_t eager_payload_bytes = std::size_t(1) << 20;
 
-inline std::vector<std::byte> read_frame_payload_growing(int fd, std::size_t length, const char* op) {
+inline std::vector<std::byte> read_frame_payload_growing(int fd, std::size_t length, const char* op,
+                                                         const Deadline& deadline = {}) {
     std::vector<std::byte> payload;
     std::size_t got = 0;
     while (got < length) {
         if (got == payload.size())
             payload.resize(std::min(length, std::max(eager_payload_bytes, payload.size() * 2)));
         const std::size_t want = payload.size() - got;
-        const std::size_t n = read_up_to(fd, payload.data() + got, want, op);
+        const std::size_t n = read_up_to(fd, payload.data() + got, want, op, deadline);
         got += n;
         if (n < want) throw_truncated(op, got, length);
     }
