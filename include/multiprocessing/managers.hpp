@@ -2038,7 +2038,14 @@ class SyncManager : public BaseManager {
 public:
     explicit SyncManager(ManagerOptions options = {}) : BaseManager(std::move(options), true) {}
 
-    NamespaceProxy Namespace() { return create_builtin<detail::NamespaceState>(); }
+    // The factories of non-template types are templates too (with an unused parameter),
+    // as Pool() is: a program registers, and compiles the server side of, only the
+    // built-in types it asks for. As plain members they were compiled into every
+    // translation unit that includes this header, used or not.
+    template <class = void>
+    NamespaceProxy Namespace() {
+        return create_builtin<detail::NamespaceState>();
+    }
     template <class T>
     ListProxy<T> list(std::vector<T> initial = {}) {
         return create_builtin<std::vector<T>>(initial);
@@ -2064,12 +2071,31 @@ public:
     QueueProxy<T> JoinableQueue(long maxsize = 0) {
         return create_builtin<multiprocessing::JoinableQueue<T>>(maxsize);
     }
-    AcquirerProxy Lock() { return create_builtin<multiprocessing::Lock>(); }
-    AcquirerProxy RLock() { return create_builtin<multiprocessing::RLock>(); }
-    AcquirerProxy Semaphore(int value = 1) { return create_builtin<multiprocessing::Semaphore>(value); }
-    AcquirerProxy BoundedSemaphore(int value = 1) { return create_builtin<multiprocessing::BoundedSemaphore>(value); }
-    ConditionProxy Condition() { return create_builtin<multiprocessing::Condition>(); }
-    EventProxy Event() { return create_builtin<multiprocessing::Event>(); }
+    template <class = void>
+    AcquirerProxy Lock() {
+        return create_builtin<multiprocessing::Lock>();
+    }
+    template <class = void>
+    AcquirerProxy RLock() {
+        return create_builtin<multiprocessing::RLock>();
+    }
+    template <class = void>
+    AcquirerProxy Semaphore(int value = 1) {
+        return create_builtin<multiprocessing::Semaphore>(value);
+    }
+    template <class = void>
+    AcquirerProxy BoundedSemaphore(int value = 1) {
+        return create_builtin<multiprocessing::BoundedSemaphore>(value);
+    }
+    template <class = void>
+    ConditionProxy Condition() {
+        return create_builtin<multiprocessing::Condition>();
+    }
+    template <class = void>
+    EventProxy Event() {
+        return create_builtin<multiprocessing::Event>();
+    }
+    template <class = void>
     BarrierProxy Barrier(int parties, std::optional<double> timeout = std::nullopt) {
         return create_builtin<multiprocessing::Barrier>(parties, timeout);
     }
