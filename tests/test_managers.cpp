@@ -1573,7 +1573,11 @@ TEST_CASE("A proxy is a Pool task argument and result under every start method",
         // The pool comes first: its workers know nothing of the manager but the
         // program's key, which they inherited (spawn: through their bootstrap).
         auto pool = mp::get_context(method).Pool(2);
-        auto manager = mp::Manager();
+        // The server is spawned: the pool's threads exist by now, and a server forked
+        // from a threaded parent starts threads of its own, which ThreadSanitizer's
+        // runtime refuses (every other manager test starts its server first).
+        mp::SyncManager manager({.context = mp::get_context("spawn")});
+        manager.start();
         auto l = manager.list<int>();
         std::vector<std::tuple<mm::ListProxy<int>, int>> work;
         for (int i = 0; i < 10; ++i) work.emplace_back(l, i);

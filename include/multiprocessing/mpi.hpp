@@ -737,8 +737,8 @@ private:
         md::ResultHeader header;
         std::memcpy(&header, result_.data() + sizeof generation, sizeof header);
         if (header.seq != task->seq) {
-            task->fail(std::make_exception_ptr(
-                ProcessError("multiprocessing.mpi: internal error: a result came back for the wrong task")));
+            task->fail(md::exception_ptr_to<ProcessError>(
+                "multiprocessing.mpi: internal error: a result came back for the wrong task"));
             return;
         }
         try {
@@ -777,9 +777,9 @@ private:
         get_logger().warning("mpi pool worker rank {} (pid {} on {}) died{}", w.rank, w.pid, w.host,
                              replace ? "; replacing it" : "");
         for (auto& t : lost)
-            t->fail(std::make_exception_ptr(WorkerLostError(
+            t->fail(md::exception_ptr_to<WorkerLostError>(
                 "multiprocessing.mpi: the worker rank " + std::to_string(w.rank) + " (pid " + std::to_string(w.pid) +
-                " on " + w.host + ") running this task died" + (replace ? "; the pool replaced it" : ""))));
+                " on " + w.host + ") running this task died" + (replace ? "; the pool replaced it" : "")));
         if (replace) {
             const std::size_t first = workers_.size();
             spawn_workers(1);
@@ -803,8 +803,8 @@ private:
             reap_sends();
             const State s = state_.load(std::memory_order_acquire);
             if (s == State::terminating)
-                return shut_down_now(std::make_exception_ptr(
-                    ProcessError("multiprocessing: the pool was terminated before this task completed")));
+                return shut_down_now(md::exception_ptr_to<ProcessError>(
+                    "multiprocessing: the pool was terminated before this task completed"));
             const auto now = std::chrono::steady_clock::now();
             if (now >= next_check) {
                 check_workers();

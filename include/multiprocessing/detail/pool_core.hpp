@@ -48,6 +48,16 @@
 
 namespace multiprocessing::detail {
 
+// An exception_ptr to a new E, made inside a function of its own so that every temporary
+// copy of E is gone before the pointer reaches another thread. (libstdc++ shares an
+// exception's message between copies by a reference count that ThreadSanitizer cannot
+// see; a temporary that outlived the publishing call was reported as a race with the
+// reader's what().)
+template <class E>
+std::exception_ptr exception_ptr_to(std::string message) {
+    return std::make_exception_ptr(E(std::move(message)));
+}
+
 // One apply call or one map chunk, as the parent tracks it.
 class Task {
 public:
@@ -209,7 +219,7 @@ public:
             }
             pump();
         }
-        for (auto& task : too_large) task->fail(std::make_exception_ptr(ValueError(too_large_message(*task))));
+        for (auto& task : too_large) task->fail(exception_ptr_to<ValueError>(too_large_message(*task)));
     }
 
     void add_source(std::weak_ptr<TaskSource> source) {
@@ -662,8 +672,8 @@ private:
             if (task) {
                 in_flight_.fetch_sub(1, std::memory_order_relaxed);
                 if (header.seq != task->seq) {
-                    task->fail(std::make_exception_ptr(
-                        ProcessError("multiprocessing: internal error: a result came back for the wrong task")));
+                    task->fail(exception_ptr_to<ProcessError>(
+                        "multiprocessing: internal error: a result came back for the wrong task"));
                 } else {
                     try {
                         task->complete(header, ByteReader(record->payload.subspan(sizeof header)));
@@ -776,9 +786,9 @@ private:
                               pid, timed_out ? "ran past the pool's task_timeout and was killed" : "died while running it");
         for (auto& t : lost) {
             if (timed_out) {
-                t->fail(std::make_exception_ptr(TimeoutError(
+                t->fail(exception_ptr_to<TimeoutError>(
                     "multiprocessing: the task ran past the pool's task_timeout; its worker (pid " +
-                    std::to_string(pid) + ") was killed and replaced")));
+                    std::to_string(pid) + ") was killed and replaced"));
                 continue;
             }
             std::string running;
@@ -787,9 +797,9 @@ private:
                 running = " while running item " +
                           std::to_string(*first + t->header_->running_item.load(std::memory_order_relaxed)) +
                           " of the input (0-based)";
-            t->fail(std::make_exception_ptr(WorkerLostError(
+            t->fail(exception_ptr_to<WorkerLostError>(
                 "multiprocessing: the worker process (pid " + std::to_string(pid) + ") running this task " +
-                describe_exit(status) + running + "; the pool replaced it")));
+                describe_exit(status) + running + "; the pool replaced it"));
         }
     }
 
@@ -806,8 +816,8 @@ private:
             }
             const State s = state_.load(std::memory_order_acquire);
             if (s == State::terminating)
-                return shut_down_now(std::make_exception_ptr(
-                    ProcessError("multiprocessing: the pool was terminated before this task completed")));
+                return shut_down_now(exception_ptr_to<ProcessError>(
+                    "multiprocessing: the pool was terminated before this task completed"));
             const auto now = std::chrono::steady_clock::now();
             bool retiring = false;
             for (auto& w : workers_) retiring |= w.retiring;
